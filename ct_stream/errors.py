@@ -1,0 +1,58 @@
+"""The one exception hierarchy of ct-stream.
+
+Every error the package raises on purpose is a :class:`CtStreamError`. Messages say
+what was wrong, with which value, and what is allowed.
+
+>>> try:
+...     raise TopologyError("join.grace", -1, "a duration >= 0")
+... except CtStreamError as e:
+...     print(e)
+join.grace: got -1; allowed: a duration >= 0
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class CtStreamError(Exception):
+    """Base class of every error ct-stream raises on purpose."""
+
+
+class TopologyError(CtStreamError):
+    """A topology field holds a value that is not allowed.
+
+    ``field`` is the dotted path of the field (``join.max_label_delay``), ``value``
+    what was given, ``allowed`` a short description of what would be accepted.
+    """
+
+    def __init__(self, field: str, value: Any, allowed: str, *, source: str | None = None) -> None:
+        self.field = field
+        self.value = value
+        self.allowed = allowed
+        self.source = source
+        where = f"{source}: " if source else ""
+        super().__init__(f"{where}{field}: got {_short(value)}; allowed: {allowed}")
+
+
+def _short(value: Any, limit: int = 160) -> str:
+    """A one-line repr of ``value``; River estimators print as their pipeline (``A | B``)."""
+    text = str(value) if hasattr(value, "learn_one") else repr(value)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class TopologyLoadError(CtStreamError):
+    """A topology file could not be read or does not define ``topology``."""
+
+
+class CodecError(CtStreamError):
+    """An internal message (for example an Arrow batch of examples) does not decode."""
+
+
+class BrokerError(CtStreamError):
+    """A broker could not be found, started, reached or stopped."""
+
+
+class BrokerNotInstalled(BrokerError):
+    """A broker's program or jars are missing; the message says how to install them."""
