@@ -1,0 +1,184 @@
+"""The ``ct-stream`` command.
+
+The only module that reads environment variables:
+
+- ``CT_STREAM_BOOTSTRAP``: the default of ``--bootstrap`` (an existing Kafka cluster).
+- ``CT_STREAM_CACHE_DIR``: where the Apache Kafka jars are cached (default
+  ``~/.cache/ct-stream``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import textwrap
+from pathlib import Path
+from typing import Sequence
+
+from ct_stream import __version__
+from ct_stream.errors import CtStreamError
+
+_EPILOG = """\
+commands:
+  demo       run the pipeline end to end on the embedded broker (or --bootstrap)
+  broker     run a broker in the foreground and print its bootstrap address
+  validate   check topology files and say what is wrong, field by field
+
+Point any command at an existing Kafka cluster with --bootstrap HOST:PORT (or
+CT_STREAM_BOOTSTRAP); security settings (SASL/SSL) go in the topology's `kafka` dict.
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ct-stream",
+        description="Streaming micro-batch continuous training on Kafka: join delayed labels, "
+                    "learn online, retrain, gate and publish signed model versions.",
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"ct-stream {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = sub.add_parser(
+        "demo", help="run the pipeline end to end on the embedded broker",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.dedent("""\
+            Start the embedded broker (unless --bootstrap is given), produce synthetic
+            events and delayed labels for a topology (1%% of the events deliberately bad),
+            read them back, validate them against the topology's record contract, send
+            every bad record to <name>.dlq with its reason, and check that every record
+            produced is accounted for. Exits 1 if anything does not add up.
+
+            This release runs the smoke pipeline; the windowed joiner, trainer and
+            publisher join the demo as they land, on the same command line."""))
+    demo.add_argument("--topology", type=Path, default=None,
+                      help="a topology file (default: the built-in 'demo' topology: 4 features, binary label)")
+    demo.add_argument("--events", type=int, default=20_000, help="how many events to generate (default 20000)")
+    demo.add_argument("--seed", type=int, default=0, help="random seed of the synthetic data (default 0)")
+    _bootstrap_arg(demo, "use this Kafka cluster instead of starting the embedded broker")
+
+    broker = sub.add_parser(
+        "broker", help="run a broker in the foreground and print its bootstrap address",
+        description="Run a broker on 127.0.0.1 until Ctrl-C. The first line printed is "
+                    "'... ready: bootstrap.servers=HOST:PORT'.")
+    broker.add_argument("--kind", choices=("embedded", "apache"), default="embedded",
+                        help="embedded: Tansu, memory only, starts in ~0.1 s (default); apache: a single KRaft "
+                             "node of Apache Kafka from Maven Central (needs Java and mvn), data kept in --data-dir")
+    broker.add_argument("--port", type=int, default=None, help="embedded only: the port (default: a free one)")
+    broker.add_argument("--data-dir", type=Path, default=Path("ct-stream-kafka"),
+                        help="apache only: the node's data directory, formatted on first use (default ./ct-stream-kafka)")
+
+    validate = sub.add_parser(
+        "validate", help="check topology files",
+        description="Load each topology file, check every field and build its model. Prints one line per "
+                    "file; exits 1 if any file is invalid.")
+    validate.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    return p
+
+
+def _bootstrap_arg(p: argparse.ArgumentParser, text: str) -> None:
+    p.add_argument("--bootstrap", default=os.environ.get("CT_STREAM_BOOTSTRAP") or None,
+                   help=f"{text} (default: $CT_STREAM_BOOTSTRAP)")
+
+
+def _cache_dir() -> Path | None:
+    value = os.environ.get("CT_STREAM_CACHE_DIR")
+    return Path(value) if value else None
+
+
+def _cmd_validate(files: Sequence[Path]) -> int:
+    from ct_stream.topology import load_topology
+
+    failed = 0
+    for path in files:
+        try:
+            t = load_topology(path)
+        except CtStreamError as e:
+            failed += 1
+            message = str(e)
+            print(f"FAIL {message if message.startswith(str(path)) else f'{path}: {message}'}")
+            continue
+        model = str(t.build_model())
+        print(f"ok   {path}: {t.name!r}: {t.events_topic} + {t.labels_topic} -> {t.examples_topic}; "
+              f"{len(t.features)} features; {t.label_type}; join {t.join.max_label_delay:g}s, "
+              f"on timeout {t.join.timeout_policy}; model {model}")
+    return 1 if failed else 0
+
+
+def demo_topology() -> "Topology":  # noqa: F821 - imported lazily
+    """The built-in topology of ``ct-stream demo``."""
+    from ct_stream.topology import Topology
+
+    return Topology(name="demo", events_topic="demo.events", labels_topic="demo.labels",
+                    features={"amount": "float", "age": "int", "returning": "bool", "channel": "str"},
+                    label_type="binary", partitions=3, join={"max_label_delay": "10m", "grace": "30s"})
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from ct_stream.runtime.smoke import run_smoke
+    from ct_stream.topology import load_topology
+
+    if args.events < 1:
+        print(f"error: --events: got {args.events}; allowed: an integer >= 1", file=sys.stderr)
+        return 2
+    topology = load_topology(args.topology) if args.topology else demo_topology()
+    broker = None
+    bootstrap = args.bootstrap
+    if bootstrap is None:
+        from ct_stream.kafka.broker import EmbeddedBroker
+
+        broker = EmbeddedBroker().start()
+        bootstrap = broker.bootstrap
+        print(f"embedded broker (Tansu, memory only) on {bootstrap}")
+    else:
+        print(f"using Kafka at {bootstrap}")
+    try:
+        print(f"topology {topology.name!r}: {topology.events_topic} + {topology.labels_topic}, "
+              f"{len(topology.features)} features, {topology.label_type} label")
+        report = run_smoke(topology, bootstrap, n_events=args.events, seed=args.seed, log=print)
+    finally:
+        if broker is not None:
+            broker.stop()
+    for line in report.lines():
+        print(line)
+    problems = report.problems()
+    for p in problems:
+        print(f"PROBLEM: {p}", file=sys.stderr)
+    print("smoke pipeline: " + ("FAILED" if problems else "ok, every record accounted for"))
+    return 1 if problems else 0
+
+
+def _cmd_broker(args: argparse.Namespace) -> int:
+    from ct_stream.kafka._process import run_in_foreground
+    from ct_stream.kafka.apache import ApacheKafka, fetch_jars
+    from ct_stream.kafka.broker import EmbeddedBroker
+
+    if args.kind == "embedded":
+        return run_in_foreground(EmbeddedBroker(port=args.port), "embedded broker (Tansu, memory only)")
+    cache = _cache_dir()
+    fetch_jars(cache)
+    return run_in_foreground(ApacheKafka(args.data_dir, cache), f"Apache Kafka (data in {args.data_dir})")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``ct-stream`` console script."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        if args.command == "validate":
+            return _cmd_validate(args.files)
+        if args.command == "demo":
+            return _cmd_demo(args)
+        return _cmd_broker(args)
+    except CtStreamError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
