@@ -1,0 +1,1 @@
+"""Loops that connect Kafka (``ct_stream.kafka``) to the pure logic."""
