@@ -30,12 +30,21 @@ _CATEGORIES = ("a", "b", "c", "d")
 
 @dataclass
 class SyntheticBatch:
-    """Generated records. ``bad_events`` pairs each bad record with the reason it must get."""
+    """Generated records. ``bad_events`` pairs each bad record with the reason it must get.
+
+    ``truth`` maps every labelled event id to its label. :meth:`in_time_order` gives all
+    records as one stream sorted by event time, the order a live system produces them.
+    """
 
     events: list[tuple[bytes, bytes]] = field(default_factory=list)
     labels: list[tuple[bytes, bytes]] = field(default_factory=list)
     bad_events: list[tuple[bytes, bytes, Reason]] = field(default_factory=list)
     truth: dict[str, Any] = field(default_factory=dict)
+    _timeline: list[tuple[float, int, str, bytes, bytes]] = field(default_factory=list, repr=False)
+
+    def in_time_order(self) -> list[tuple[str, bytes, bytes]]:
+        """``(kind, key, value)`` for every record ("event" or "label"), sorted by timestamp."""
+        return [(kind, key, value) for _, _, kind, key, value in sorted(self._timeline)]
 
 
 def _feature_value(kind: str, rng: random.Random) -> Any:
@@ -103,10 +112,16 @@ def generate(topology: Topology, n_events: int, *, seed: int = 0, start_ts: floa
             good = orjson.loads(encode_event(event, schema))
             value, reason = _bad_event(topology, good, rng)
             out.bad_events.append((key, value, reason))
+            out._timeline.append((ts, len(out._timeline), "event", key, value))
             continue
-        out.events.append((key, encode_event(event, schema)))
+        value = encode_event(event, schema)
+        out.events.append((key, value))
+        out._timeline.append((ts, len(out._timeline), "event", key, value))
         if rng.random() < label_fraction:
             label = _label_for(score, topology.label_type, rng)
+            label_ts = ts + rng.uniform(0, delay)
             out.truth[eid] = label
-            out.labels.append((key, encode_label(Label(id=eid, ts=ts + rng.uniform(0, delay), label=label), schema)))
+            value = encode_label(Label(id=eid, ts=label_ts, label=label), schema)
+            out.labels.append((key, value))
+            out._timeline.append((label_ts, len(out._timeline), "label", key, value))
     return out

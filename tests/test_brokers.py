@@ -165,3 +165,11 @@ def test_ct_stream_broker_command_prints_the_bootstrap_and_stops_on_sigint(tmp_p
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_the_isolation_probe_tells_the_brokers_apart(broker):
+    from ct_stream.kafka.group import probe_transaction_isolation
+
+    topic = broker.topic("probe")
+    ensure_topics(broker.bootstrap, [TopicSpec(topic, 1)])
+    assert probe_transaction_isolation(broker.bootstrap, topic) is broker.isolates_transactions

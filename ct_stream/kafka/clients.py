@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 from typing import Any, Iterable, Iterator, Mapping
 
-from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from ct_stream.errors import BrokerError
@@ -41,6 +41,7 @@ __all__ = [
     "make_producer",
     "producer_config",
     "read_range",
+    "read_to_end",
 ]
 
 CONSUMER_DEFAULTS: dict[str, Any] = {
@@ -253,5 +254,39 @@ def read_range(bootstrap: str, topic: str, start: Mapping[int, int], end: Mappin
             for tp in consumer.position([TopicPartition(topic, p) for p in list(pending)]):
                 if tp.offset >= pending[tp.partition]:
                     del pending[tp.partition]
+    finally:
+        consumer.close()
+
+
+def read_to_end(bootstrap: str, topic: str, start: Mapping[int, int], passthrough: Mapping[str, Any] | None = None,
+                batch_size: int = 10_000, timeout: float = 120.0, **overrides: Any) -> Iterator[list[Message]]:
+    """Yield batches of ``topic``'s records from ``start[p]`` until each partition's end.
+
+    The end is where the broker's fetch reports end-of-partition (for
+    ``read_committed``, the last stable offset). This does not use the broker's listed
+    end offsets, which the embedded broker reports wrongly.
+    """
+    pending = set(start)
+    if not pending:
+        return
+    consumer = make_consumer(bootstrap, None, passthrough, enable_partition_eof=True, **overrides)
+    try:
+        consumer.assign([TopicPartition(topic, p, start[p]) for p in pending])
+        deadline = time.monotonic() + timeout
+        while pending:
+            if time.monotonic() > deadline:
+                raise BrokerError(f"reading {topic!r} to its end timed out after {timeout:.0f} s; "
+                                  f"partitions not at their end: {sorted(pending)}")
+            good = []
+            for m in consumer.consume(num_messages=batch_size, timeout=0.2):
+                err = m.error()
+                if err is None:
+                    good.append(m)
+                elif err.code() == KafkaError._PARTITION_EOF:
+                    pending.discard(m.partition())
+                else:
+                    raise BrokerError(f"consuming {topic!r} failed: {err}")
+            if good:
+                yield good
     finally:
         consumer.close()

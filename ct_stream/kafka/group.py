@@ -1,0 +1,228 @@
+"""A worker's Kafka I/O: consumer-group input, batched output, and the one commit procedure.
+
+Exactly-once in ct-stream is this numbered procedure, run once per micro-batch by
+:meth:`GroupIO.commit` (transactional mode, on a broker that isolates transactions):
+
+1. **flush outputs**: the micro-batch's output records (examples, dead letters) are
+   produced inside the open transaction;
+2. **write the state changelog**: the state changes of the micro-batch are produced to
+   the changelog topic, in the same transaction;
+3. **send offsets**: the next input offsets go into the transaction
+   (``send_offsets_to_transaction`` with the consumer's group metadata, which fences
+   zombies from an older group generation);
+4. **commit**: ``commit_transaction``; then a new transaction begins.
+
+What happens if the process dies after each step:
+
+| dies after | outputs | changelog | offsets | on restart |
+|---|---|---|---|---|
+| 1 | in an open txn | — | — | the broker aborts the txn (the restarted worker's ``init_transactions`` with the same ``transactional.id`` does it at once); readers with ``read_committed`` never see it; input is re-read from the last committed offsets into state restored from the changelog as of the last commit |
+| 2 | open txn | open txn | — | same: aborted together |
+| 3 | open txn | open txn | in the txn | same: aborted together |
+| 4 | committed | committed | committed | nothing to redo: the next micro-batch starts after these offsets |
+
+In **idempotent mode** (a broker that does not isolate transactions, such as the
+embedded Tansu), the same steps run without a transaction: (1) outputs produced and
+flushed, (2) changelog produced and flushed, (3+4) offsets committed synchronously. A
+death after step 1 or 2 re-reads the micro-batch: its outputs appear again
+(at-least-once; consumers dedupe by id). Because the changelog is written before the
+offsets, a restart after step 2 restores state that already knows the micro-batch's
+ids, so the joiner treats the re-read records as duplicates and emits nothing twice;
+only a death between steps 1 and 2 duplicates outputs.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from ct_stream.errors import BrokerError
+from ct_stream.kafka.clients import consumer_config, producer_config, read_to_end
+
+__all__ = ["GroupIO", "Mode", "probe_transaction_isolation"]
+
+log = logging.getLogger("ct_stream.kafka.group")
+
+Mode = Literal["exactly_once", "at_least_once"]
+
+_PROBE_KEY = b"\x00ct-stream-isolation-probe"
+
+
+def probe_transaction_isolation(bootstrap: str, topic: str, passthrough: Mapping[str, Any] | None = None,
+                                timeout: float = 30.0) -> bool:
+    """True when the broker hides aborted transactional records from ``read_committed`` readers.
+
+    Writes one record with the reserved key ``\\x00ct-stream-isolation-probe`` to
+    partition 0 of ``topic`` in a transaction that it aborts, then reads that partition
+    from the record's offset with ``read_committed``. Readers of ``topic`` must ignore
+    that key (the joiner's state restore does).
+    """
+    delivered: list[int] = []
+    producer = Producer(producer_config(bootstrap, passthrough, **{
+        "transactional.id": f"ct-stream-probe-{uuid.uuid4().hex}",
+        "on_delivery": lambda err, msg: delivered.append(msg.offset()) if err is None else None}))
+    try:
+        producer.init_transactions(timeout)
+        producer.begin_transaction()
+        producer.produce(topic, key=_PROBE_KEY, value=b"", partition=0)
+        producer.flush(timeout)
+        producer.abort_transaction(timeout)
+    except KafkaException as e:
+        log.info("transactions unavailable on %s (%s): at-least-once mode", bootstrap, e)
+        return False
+    if not delivered:
+        raise BrokerError(f"the transaction-isolation probe record to {topic!r} was not acknowledged")
+    for batch in read_to_end(bootstrap, topic, {0: delivered[0]}, passthrough, timeout=timeout,
+                             isolation_level="read_committed"):
+        if any(m.key() == _PROBE_KEY and m.offset() == delivered[0] for m in batch):
+            return False
+    return True
+
+
+class GroupIO:
+    """Input from a consumer group over ``topics``, output through one producer.
+
+    ``mode="exactly_once"`` makes the producer transactional (``transactional_id``
+    required) and reads with ``read_committed``; ``at_least_once`` uses an idempotent
+    producer and synchronous offset commits. ``on_assign(partitions)`` and
+    ``on_revoke(partitions)`` receive ``[(topic, partition), ...]``; ``on_revoke`` runs
+    before the partitions go, so the worker can commit what it holds for them.
+    """
+
+    def __init__(self, bootstrap: str, group_id: str, topics: Sequence[str], mode: Mode,
+                 transactional_id: str | None = None, passthrough: Mapping[str, Any] | None = None,
+                 on_assign: Callable[[list[tuple[str, int]]], None] | None = None,
+                 on_revoke: Callable[[list[tuple[str, int]]], None] | None = None,
+                 transaction_timeout_ms: int = 30_000) -> None:
+        if mode == "exactly_once" and not transactional_id:
+            raise BrokerError("exactly_once mode needs a transactional_id")
+        self.mode = mode
+        self.bootstrap = bootstrap
+        self._on_assign = on_assign
+        self._on_revoke = on_revoke
+        pconf: dict[str, Any] = producer_config(bootstrap, passthrough)
+        pconf["on_delivery"] = self._delivered
+        if mode == "exactly_once":
+            pconf["transactional.id"] = transactional_id
+            pconf["transaction.timeout.ms"] = transaction_timeout_ms
+        self._delivery_error: str | None = None
+        self.producer = Producer(pconf)
+        if mode == "exactly_once":
+            self.producer.init_transactions(60)  # fences an earlier instance with the same id
+            self.producer.begin_transaction()
+        cconf = consumer_config(bootstrap, group_id, passthrough, partition_assignment_strategy="range",
+                                isolation_level="read_committed" if mode == "exactly_once" else "read_uncommitted")
+        self.consumer = Consumer(cconf)
+        self.consumer.subscribe(list(topics), on_assign=self._assigned, on_revoke=self._revoked,
+                                on_lost=self._revoked)
+        self.assignment: set[tuple[str, int]] = set()
+
+    # Rebalance ---------------------------------------------------------------------------
+    def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        tps = [(tp.topic, tp.partition) for tp in partitions]
+        self.assignment.update(tps)
+        if self._on_assign is not None:
+            self._on_assign(tps)
+
+    def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        tps = [(tp.topic, tp.partition) for tp in partitions]
+        if self._on_revoke is not None:
+            self._on_revoke(tps)
+        self.assignment.difference_update(tps)
+
+    # Input ---------------------------------------------------------------------------
+    def poll(self, max_records: int = 10_000, timeout: float = 0.1) -> list[Message]:
+        """Up to ``max_records`` input records; broker errors other than end-of-partition raise."""
+        out = []
+        for m in self.consumer.consume(num_messages=max_records, timeout=timeout):
+            err = m.error()
+            if err is None:
+                out.append(m)
+            elif err.code() != KafkaError._PARTITION_EOF:
+                if err.fatal():
+                    raise BrokerError(f"fatal consumer error: {err}")
+                log.warning("consumer error: %s", err)
+        return out
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        """Records between the consumer's position and the partition end, per owned partition."""
+        tps = [TopicPartition(t, p) for t, p in self.assignment]
+        out = {}
+        for tp in self.consumer.position(tps) if tps else []:
+            low, high = self.consumer.get_watermark_offsets(tp, cached=True) or (0, 0)
+            if tp.offset >= 0 and high >= 0:
+                out[(tp.topic, tp.partition)] = max(0, high - tp.offset)
+        return out
+
+    # Output --------------------------------------------------------------------------
+    def _delivered(self, err: Any, msg: Any) -> None:
+        if err is not None and self._delivery_error is None:
+            self._delivery_error = f"{err} (topic {msg.topic()} partition {msg.partition()})"
+
+    def produce(self, topic: str, value: bytes | None, key: bytes | None = None, partition: int | None = None,
+                headers: list[tuple[str, bytes]] | None = None) -> None:
+        """Queue one output record (in the open transaction in exactly-once mode)."""
+        kwargs: dict[str, Any] = {"value": value, "key": key}
+        if partition is not None:
+            kwargs["partition"] = partition
+        if headers:
+            kwargs["headers"] = headers
+        while True:
+            try:
+                self.producer.produce(topic, **kwargs)
+                return
+            except BufferError:
+                self.producer.poll(0.05)
+
+    def commit(self, offsets: Mapping[tuple[str, int], int],
+               changelog: Iterable[tuple[str, int, bytes, bytes | None]]) -> None:
+        """The commit procedure (see the module docstring): outputs, changelog, offsets, commit.
+
+        ``offsets`` are the *next* offsets to read per ``(topic, partition)``;
+        ``changelog`` yields ``(topic, partition, key, value_or_None)``.
+        """
+        if self.mode == "exactly_once":
+            for topic, partition, key, value in changelog:  # step 2 (step 1: outputs already in the txn)
+                self.produce(topic, value, key, partition)
+            if offsets:  # step 3
+                self.producer.send_offsets_to_transaction(
+                    [TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                    self.consumer.consumer_group_metadata(), 60)
+            self.producer.commit_transaction(60)  # step 4
+            self._raise_delivery_error()
+            self.producer.begin_transaction()
+            return
+        self._flush()  # step 1
+        for topic, partition, key, value in changelog:  # step 2
+            self.produce(topic, value, key, partition)
+        self._flush()
+        if offsets:  # steps 3 + 4
+            self.consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                                 asynchronous=False)
+
+    def _flush(self) -> None:
+        remaining = self.producer.flush(60)
+        if remaining:
+            raise BrokerError(f"{remaining} output records were not acknowledged within 60 s")
+        self._raise_delivery_error()
+
+    def _raise_delivery_error(self) -> None:
+        if self._delivery_error is not None:
+            error, self._delivery_error = self._delivery_error, None
+            raise BrokerError(f"an output record was not delivered: {error}")
+
+    def close(self) -> None:
+        """Abort an open transaction (nothing uncommitted is published) and leave the group."""
+        try:
+            if self.mode == "exactly_once":
+                try:
+                    self.producer.abort_transaction(10)
+                except KafkaException as e:
+                    log.warning("abort on close failed: %s", e)
+            else:
+                self.producer.flush(30)
+        finally:
+            self.consumer.close()

@@ -1,0 +1,73 @@
+"""Every Prometheus metric of ct-stream, defined once.
+
+Metrics live on a registry passed in (no global state), so tests and several workers in
+one process stay apart. Names: ``ct_`` prefix, base units, ``_total`` for counters,
+few labels.
+
+>>> from prometheus_client import CollectorRegistry, generate_latest
+>>> m = JoinerMetrics(CollectorRegistry(), topology="demo")
+>>> m.examples.labels(topology="demo", outcome="joined").inc(3)
+>>> b'ct_joiner_examples_total{outcome="joined",topology="demo"} 3.0' in generate_latest(m.registry)
+True
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+__all__ = ["JoinerMetrics", "serve_metrics"]
+
+_DELAY_BUCKETS = (0.1, 0.5, 1, 5, 15, 30, 60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 86400, 7 * 86400)
+_COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class JoinerMetrics:
+    """The joiner's metrics. Every metric carries the ``topology`` label (its name)."""
+
+    def __init__(self, registry: CollectorRegistry, topology: str) -> None:
+        self.registry = registry
+        t = ["topology"]
+        self.records = Counter("ct_joiner_records_consumed_total", "Records consumed, by input kind (event, label).",
+                               t + ["kind"], registry=registry)
+        self.examples = Counter("ct_joiner_examples_total",
+                                "Joined examples written, by outcome (joined, expired, correction).",
+                                t + ["outcome"], registry=registry)
+        self.dropped = Counter("ct_joiner_expired_dropped_total",
+                               "Events that expired without a label under the 'drop' policy.", t, registry=registry)
+        self.capacity_expired = Counter("ct_joiner_capacity_expired_total",
+                                        "Pending entries expired early because max_pending was reached.", t,
+                                        registry=registry)
+        self.duplicates = Counter("ct_joiner_duplicates_total", "Duplicate records dropped, by kind (event, label).",
+                                  t + ["kind"], registry=registry)
+        self.dead_letters = Counter("ct_joiner_dead_letters_total",
+                                    "Records sent to the dead-letter topic, by reason (late, undecodable, ...).",
+                                    t + ["reason"], registry=registry)
+        self.pending = Gauge("ct_joiner_pending", "Entries waiting in the join window, by kind (event, label).",
+                             t + ["kind"], registry=registry)
+        self.label_delay = Histogram("ct_joiner_label_delay_seconds",
+                                     "Event time from an event to its label, for joined examples.", t,
+                                     buckets=_DELAY_BUCKETS, registry=registry)
+        self.label_coverage = Gauge("ct_joiner_label_coverage_ratio",
+                                    "Share of closed events that got their label: joined / (joined + expired).", t,
+                                    registry=registry)
+        self.commit_seconds = Histogram("ct_joiner_commit_duration_seconds",
+                                        "Time of one commit: outputs, changelog, offsets, transaction commit.", t,
+                                        buckets=_COMMIT_BUCKETS, registry=registry)
+        self.lag = Gauge("ct_joiner_consumer_lag_records", "Records behind the end of the assigned input partitions.",
+                         t + ["kind"], registry=registry)
+        self.assigned = Gauge("ct_joiner_assigned_partitions", "Input partitions this worker owns.", t,
+                              registry=registry)
+        self.topology = topology
+
+    def child(self, metric: Counter | Gauge | Histogram, *labels: str) -> Counter | Gauge | Histogram:
+        """``metric`` with this worker's topology label and ``labels``."""
+        return metric.labels(self.topology, *labels)
+
+
+def serve_metrics(registry: CollectorRegistry, port: int, host: str = "127.0.0.1") -> int:
+    """Expose ``registry`` at ``http://host:port/metrics`` from a daemon thread; returns the port.
+
+    ``port=0`` picks a free port.
+    """
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    return int(server.server_address[1])
