@@ -102,6 +102,8 @@ class Reason(str, enum.Enum):
       event never arrived within the join window.
     - ``late``: not produced by the codec; the joiner uses it for a record older than
       the grace period behind its partition's newest timestamp.
+    - ``expired``: not produced by the codec; the joiner uses it for an event whose
+      label did not come within ``max_label_delay`` when ``timeout_policy`` is ``dlq``.
     """
 
     UNDECODABLE = "undecodable"
@@ -111,6 +113,7 @@ class Reason(str, enum.Enum):
     TOO_LARGE = "too_large"
     UNKNOWN_ID = "unknown_id"
     LATE = "late"
+    EXPIRED = "expired"
 
 
 @dataclass(frozen=True, slots=True)

@@ -287,7 +287,7 @@ def test_regression_label_nan_is_non_finite(monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_reason_values() -> None:
     assert [r.value for r in Reason] == ["undecodable", "missing_field", "bad_type", "non_finite",
-                                         "too_large", "unknown_id", "late"]
+                                         "too_large", "unknown_id", "late", "expired"]
     assert Reason("late") is Reason.LATE and Reason.LATE == "late"
 
 

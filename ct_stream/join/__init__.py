@@ -1,0 +1,27 @@
+"""The windowed event-time joiner of events and labels, as pure logic (no Kafka).
+
+See :mod:`ct_stream.join.joiner` for the semantics and ``docs/joiner.md`` for the
+user-facing page.
+"""
+
+from ct_stream.join.joiner import (
+    COUNTER_KEYS,
+    META_KEY,
+    DeadLetter,
+    Example,
+    Input,
+    JoinerGroup,
+    JoinOutput,
+    PartitionJoiner,
+)
+
+__all__ = [
+    "COUNTER_KEYS",
+    "META_KEY",
+    "DeadLetter",
+    "Example",
+    "Input",
+    "JoinerGroup",
+    "JoinOutput",
+    "PartitionJoiner",
+]

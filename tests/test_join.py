@@ -1,0 +1,535 @@
+"""The pure joiner: unit tests of every rule, and property-based tests (hypothesis) of
+the invariants: one outcome per event, the right labels, independence from batch
+boundaries and from arrival order within the grace, and exact changelog restore."""
+
+from __future__ import annotations
+
+import doctest
+import math
+from collections import Counter
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ct_stream.errors import CodecError, CtStreamError, TopologyError
+from ct_stream.join import META_KEY, DeadLetter, Example, Input, JoinerGroup, JoinOutput, PartitionJoiner
+from ct_stream.join import joiner as joiner_module
+from ct_stream.records import Event, Label, Reason
+from ct_stream.topology import JoinSpec
+
+D, G, IDLE = 10.0, 2.0, 5.0
+
+
+def spec(policy: str = "negative", **kw: Any) -> JoinSpec:
+    kw.setdefault("default_label", False if policy == "negative" else None)
+    return JoinSpec(max_label_delay=D, grace=G, idle_timeout=IDLE, timeout_policy=policy, **kw)
+
+
+class FakeClock:
+    """A settable clock: tests move time by assignment, never by sleeping."""
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def ev(i: str, ts: float, x: float = 1.0, sv: int | None = 3, pred: Any = 0.25) -> Event:
+    return Event(i, ts, {"x": x, "c": "de", "b": True}, sv, pred)
+
+
+def E(i: str, ts: float, offset: int, **kw: Any) -> Input:
+    return Input("event", ev(i, ts, **kw), offset)
+
+
+def L(i: str, ts: float, offset: int, label: Any = True) -> Input:
+    return Input("label", Label(i, ts, label), offset)
+
+
+def joiner(policy: str = "negative", clock: FakeClock | None = None, **kw: Any) -> PartitionJoiner:
+    return PartitionJoiner(0, spec(policy, **kw), clock=clock or FakeClock())
+
+
+def summary(out: JoinOutput) -> list[tuple[str, str, Any]]:
+    return [(x.id, x.outcome, x.label) for x in out.examples]
+
+
+def dead(out: JoinOutput) -> list[tuple[str, int, str]]:
+    return [(d.kind, d.offset, d.reason.value) for d in out.dead_letters]
+
+
+# ------------------------------------------------------------------------ the rules
+
+def test_event_then_label_joins() -> None:
+    j = joiner()
+    assert j.process([E("a", 100.0, 7, x=2.5, sv=4, pred=0.75)]).examples == []
+    out = j.process([L("a", 104.0, 3, True)])
+    assert out.examples == [Example("a", 100.0, 104.0, True, "joined", 4, 0.75, 0, 7,
+                                    {"x": 2.5, "c": "de", "b": True})]
+    assert j.pending_events == 0 and j.pending_labels == 0 and j.remembered == 1
+    assert j.counts["joined"] == 1 and j.counts["events"] == 1 and j.counts["labels"] == 1
+    assert j.drain_label_delays() == [4.0] and j.drain_label_delays() == []
+
+
+def test_label_before_event_waits_and_joins() -> None:
+    j = joiner()
+    assert j.process([L("a", 101.0, 0, False)]).examples == [] and j.pending_labels == 1
+    out = j.process([E("a", 100.0, 5)])
+    assert summary(out) == [("a", "joined", False)]
+    assert out.examples[0].label_ts == 101.0 and out.examples[0].source_offset == 5
+    assert j.pending_labels == 0 and j.drain_label_delays() == [1.0]
+
+
+def test_negative_expiry_is_strict_and_carries_the_default_label() -> None:
+    j = joiner()
+    j.process([E("a", 100.0, 0)])
+    # deadline 110; watermark 112 - 2 = 110 is not past it
+    assert j.process([E("b", 112.0, 1)]).examples == [] and j.watermark == 110.0
+    out = j.process([E("c", 112.25, 2)])
+    assert out.examples == [Example("a", 100.0, None, False, "expired", 3, 0.25, 0, 0,
+                                    {"x": 1.0, "c": "de", "b": True})]
+    assert j.counts["expired"] == 1 and j.pending_events == 2
+
+
+def test_expiry_runs_in_deadline_order_then_sequence() -> None:
+    j = joiner()
+    j.process([E("b", 101.0, 0), E("a", 100.0, 1), E("c", 101.0, 2)])
+    out = j.process([E("z", 200.0, 3)])
+    assert [x.id for x in out.examples] == ["a", "b", "c"]
+
+
+def test_drop_policy_counts_only_and_a_late_label_is_a_duplicate() -> None:
+    j = joiner("drop")
+    out = j.process([E("a", 100.0, 0), E("b", 113.0, 1)])
+    assert out.examples == [] and out.dead_letters == []
+    assert j.counts["expired_dropped"] == 1 and j.pending_events == 1
+    out = j.process([L("a", 112.0, 0)])
+    assert out.examples == [] and j.counts["duplicate_labels"] == 1 and j.counts["corrections"] == 0
+
+
+def test_dlq_policy_dead_letters_the_event_with_reason_expired() -> None:
+    j = joiner("dlq")
+    out = j.process([E("a", 100.0, 9), E("b", 113.0, 10)])
+    assert out.examples == [] and dead(out) == [("event", 9, "expired")]
+    assert out.dead_letters[0].reason is Reason.EXPIRED and out.dead_letters[0].record.id == "a"  # type: ignore[union-attr]
+    assert j.counts["expired_dlq"] == 1
+    assert j.process([L("a", 112.5, 0)]).examples == [] and j.counts["duplicate_labels"] == 1
+
+
+def test_label_without_event_becomes_unknown_id() -> None:
+    j = joiner()
+    j.process([L("ghost", 100.0, 4)])
+    out = j.process([E("x", 112.5, 0)])
+    assert dead(out) == [("label", 4, "unknown_id")] and out.examples == []
+    assert j.counts["unknown_id"] == 1 and j.pending_labels == 0
+
+
+def test_late_record_is_dead_lettered_and_moves_nothing() -> None:
+    j = joiner()
+    j.process([E("a", 100.0, 0)])
+    out = j.process([E("old", 97.5, 1), L("a", 97.0, 0)])
+    assert dead(out) == [("event", 1, "late"), ("label", 0, "late")]
+    assert out.examples == [] and j.counts["late"] == 2 and j.pending_events == 1
+    assert j.watermark == 98.0 and j.max_ts == 100.0
+    # exactly at the watermark is not late
+    assert summary(j.process([L("a", 98.0, 1)])) == [("a", "joined", True)]
+
+
+def test_duplicates_are_counted_and_dropped() -> None:
+    j = joiner()
+    out = j.process([E("a", 100.0, 0), E("a", 100.0, 1), L("b", 100.0, 0), L("b", 100.0, 1),
+                     L("a", 101.0, 2), E("a", 100.0, 2), L("a", 101.0, 3),
+                     E("b", 100.5, 3), E("b", 100.5, 4), L("b", 100.0, 4)])
+    assert summary(out) == [("a", "joined", True), ("b", "joined", True)]
+    assert out.examples[0].source_offset == 0 and out.examples[1].source_offset == 3
+    assert j.counts["duplicate_events"] == 3 and j.counts["duplicate_labels"] == 3
+
+
+def test_correction_after_negative_expiry_is_emitted_once() -> None:
+    j = joiner()
+    j.process([E("a", 100.0, 5, x=9.0, sv=2, pred=0.125)])
+    assert summary(j.process([E("z", 113.0, 6)])) == [("a", "expired", False)]
+    out = j.process([L("a", 112.0, 0, True)])
+    assert out.examples == [Example("a", 100.0, 112.0, True, "correction", 2, 0.125, 0, 5,
+                                    {"x": 9.0, "c": "de", "b": True})]
+    again = j.process([L("a", 112.5, 1, True)])
+    assert again.examples == [] and j.counts["corrections"] == 1 and j.counts["duplicate_labels"] == 1
+    assert j.drain_label_delays() == []  # corrections are not joins
+
+
+def test_done_memory_is_forgotten_after_the_horizon() -> None:
+    j = joiner()
+    j.process([E("a", 100.0, 0), L("a", 101.0, 0)])
+    horizon = 100.0 + 2 * D + G  # 122
+    j.process([E("b", horizon + G, 1)])  # watermark == horizon: still remembered
+    assert j.watermark == horizon and j.remembered == 1
+    assert j.process([E("a", horizon + G, 2)]).examples == [] and j.counts["duplicate_events"] == 1
+    # this copy moves the watermark past the horizon, but the record is handled (step 3)
+    # before the expiry and forgetting (step 4): still a duplicate
+    assert j.process([E("a", horizon + G + 0.5, 3)]).examples == [] and j.counts["duplicate_events"] == 2
+    assert j.watermark > horizon and j.pending_events == 1
+    assert j.remembered == 1  # forgotten, but its memory is reclaimed a bucket later
+    j.process([E("a", horizon + G + 0.5, 4)])
+    assert j.pending_events == 2 and j.counts["duplicate_events"] == 2  # b and the new a
+    assert j.remembered == 0  # the new a replaced the forgotten entry
+    out = j.process([L("a", horizon + G + 1, 1, False)])
+    assert summary(out) == [("a", "joined", False)] and out.examples[0].source_offset == 4
+    # the old a's memory bucket is reclaimed now (watermark 123); the new a stays remembered
+    assert j.remembered == 1
+    assert j.process([L("a", horizon + G + 1, 2, False)]).examples == [] and j.counts["duplicate_labels"] == 1
+    # a label past the horizon of an expired negative is a new label, not a correction
+    j.process([E("n", 200.0, 5)])
+    assert summary(j.process([E("m", 212.5, 6)])) == [("n", "expired", False)]
+    j.process([E("m2", 200.0 + 2 * D + G + G + 0.25, 7)])  # watermark 222.25 > 222
+    assert j.process([L("n", 222.5, 3)]).examples == [] and j.pending_labels == 1
+    assert orjson.loads(j.drain_changes()["n"])[0] == "l"  # a pending label, no done entry
+    assert j.counts["corrections"] == 0
+
+
+def test_done_memory_is_cleaned_physically_after_the_horizon() -> None:
+    j = joiner()
+    j.process([E(f"a{k}", 100.0 + k / 10, k) for k in range(20)] +
+              [L(f"a{k}", 101.0, k) for k in range(20)])
+    assert j.remembered == 20
+    j.drain_changes()
+    # forget times are <= 123.9, cleaned by bucket of D / 8 = 1.25 s: watermark 128 is past them all
+    j.process([E("z", 130.0, 20)])
+    assert j.remembered == 0
+    changes = j.drain_changes()
+    assert all(changes[f"a{k}"] is None for k in range(20))
+
+
+def test_idle_tick_advances_the_watermark_and_expires() -> None:
+    clock = FakeClock(1000.0)
+    j = joiner(clock=clock)
+    assert j.tick().examples == [] and j.watermark == -math.inf  # nothing before the first record
+    j.process([E("a", 100.0, 0), L("ghost", 100.0, 0)])
+    clock.now = 1000.0 + IDLE - 0.001
+    assert j.tick() == JoinOutput() and j.watermark == 98.0  # quiet for less than idle_timeout
+    clock.now = 1000.0 + 11.0
+    assert j.tick() == JoinOutput() and j.watermark == 100.0 + 11.0 - G  # 109: nothing due yet
+    clock.now = 1000.0 + 12.5
+    out = j.tick()
+    assert j.watermark == 110.5
+    assert summary(out) == [("a", "expired", False)] and dead(out) == [("label", 0, "unknown_id")]
+    # an explicit `now` is used instead of the clock
+    assert j.tick(now=1000.0 + 20.0) == JoinOutput() and j.watermark == 118.0
+    # a record behind the idle watermark is late
+    assert dead(j.process([E("b", 117.0, 1)])) == [("event", 1, "late")]
+
+
+def test_capacity_expires_the_oldest_across_partitions() -> None:
+    clock = FakeClock()
+    group = JoinerGroup(spec(max_pending=3), clock=clock)
+    for p in (0, 1):
+        group.add_partition(PartitionJoiner(p, group.spec, clock=clock))
+    assert group.process(0, [E("p0-a", 100.0, 0), E("p0-b", 104.0, 1)]) == JoinOutput()
+    # four pending, limit three: the smallest deadline anywhere goes (p0-a at 110, not p1-x at 111)
+    out = group.process(1, [E("p1-a", 102.0, 0), L("p1-x", 101.0, 0)])
+    assert summary(out) == [("p0-a", "expired", False)] and out.dead_letters == []
+    assert out.examples[0].source_partition == 0 and group.pending == 3
+    # five pending: p1-x (111) and p1-a (112) go; p1-b (113), p1-c (113.5), p0-b (114) stay
+    out = group.process(1, [E("p1-b", 103.0, 1), E("p1-c", 103.5, 2)])
+    assert dead(out) == [("label", 0, "unknown_id")] and out.dead_letters[0].partition == 1
+    assert summary(out) == [("p1-a", "expired", False)]
+    assert group.pending == 3 and group.partitions[0].pending_events == 1
+    counts = group.counts
+    assert counts["capacity_expired"] == 3 and counts["expired"] == 2 and counts["unknown_id"] == 1
+    # an event expired early still gets its correction
+    assert summary(group.process(0, [L("p0-a", 104.5, 0)])) == [("p0-a", "correction", True)]
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2), st.lists(st.tuples(st.booleans(), st.integers(0, 15),
+                                                                  st.integers(0, 40)), max_size=8)),
+                max_size=12),
+       st.integers(1, 6))
+def test_group_pending_never_exceeds_max_pending(batches: list[Any], max_pending: int) -> None:
+    group = JoinerGroup(spec(max_pending=max_pending), clock=FakeClock())
+    for p in range(3):
+        group.add_partition(PartitionJoiner(p, group.spec, clock=FakeClock()))
+    offsets: Counter[tuple[int, bool]] = Counter()
+    for p, records in batches:
+        inputs = []
+        for is_event, i, t in records:
+            off = offsets[(p, is_event)]
+            offsets[(p, is_event)] += 1
+            inputs.append(E(f"{i}", 100.0 + t / 4, off) if is_event else L(f"{i}", 100.0 + t / 4, off))
+        group.process(p, inputs)
+        assert group.pending <= max_pending
+
+
+def test_group_rejects_unknown_and_repeated_partitions() -> None:
+    group = JoinerGroup(spec(), clock=FakeClock())
+    group.add_partition(PartitionJoiner(0, group.spec, clock=FakeClock()))
+    with pytest.raises(CtStreamError):
+        group.add_partition(PartitionJoiner(0, group.spec, clock=FakeClock()))
+    with pytest.raises(CtStreamError):
+        group.process(1, [E("a", 1.0, 0)])
+    group.process(0, [E("a", 1.0, 0), E("a", 1.0, 1)])
+    assert group.remove_partition(0) is not None and group.remove_partition(0) is None
+    assert group.counts["events"] == 2 and group.counts["duplicate_events"] == 1  # counts outlive the partition
+
+
+def test_negative_policy_needs_a_default_label_and_kinds_are_checked() -> None:
+    with pytest.raises(TopologyError):
+        PartitionJoiner(0, JoinSpec(timeout_policy="negative"))
+    with pytest.raises(CtStreamError):
+        joiner().process([Input("labels", Label("a", 1.0, True), 0)])  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------ changelog
+
+def test_changelog_coalesces_per_id_and_tombstones_forgotten_ids() -> None:
+    j = joiner()
+    j.process([E("a", 100.0, 0), L("a", 101.0, 0), L("b", 100.0, 1)])
+    changes = j.drain_changes()
+    assert set(changes) == {"a", "b", META_KEY}
+    assert orjson.loads(changes["a"])[:2] == ["d", "joined"]  # a joined id stays a value, not None
+    assert orjson.loads(changes["b"])[0] == "l"
+    assert orjson.loads(changes[META_KEY]) == {"max_ts": 101.0, "idle_watermark": None, "seq": 2}
+    assert j.drain_changes() == {}  # nothing changed since
+    j.process([E("z", 200.0, 1)])  # forgets a, b becomes unknown_id, z pends
+    changes = j.drain_changes()
+    assert changes["a"] is None and changes["b"] is None and orjson.loads(changes["z"])[0] == "e"
+
+
+def test_reserved_key_cannot_collide_with_an_id() -> None:
+    j = joiner()
+    j.process([E(META_KEY, 100.0, 0)])
+    changes = j.drain_changes()
+    assert "\x00" + META_KEY in changes and orjson.loads(changes[META_KEY])["max_ts"] == 100.0
+    r = PartitionJoiner.restore(0, j.spec, changes.items(), clock=FakeClock())
+    assert summary(r.process([L(META_KEY, 101.0, 0)])) == [(META_KEY, "joined", True)]
+
+
+@pytest.mark.parametrize("label", ["cat", 2.5])
+def test_restored_expired_negative_builds_the_same_correction(label: Any) -> None:
+    j = joiner(default_label="none" if isinstance(label, str) else 0.0)
+    j.process([E("a", 100.0, 3, x=-0.0, sv=None, pred="dog" if isinstance(label, str) else 1e-300),
+               E("z", 113.0, 4)])
+    r = PartitionJoiner.restore(0, j.spec, j.drain_changes().items(), clock=FakeClock())
+    expected = j.process([L("a", 112.0, 0, label)])
+    assert expected.examples[0].outcome == "correction"
+    assert r.process([L("a", 112.0, 0, label)]) == expected
+
+
+def test_restore_rejects_a_corrupt_value() -> None:
+    with pytest.raises(CodecError):
+        PartitionJoiner.restore(0, spec(), [("a", b"[\"q\", 1]")], clock=FakeClock())
+
+
+def test_doctests() -> None:
+    result = doctest.testmod(joiner_module)
+    assert result.attempted > 0 and result.failed == 0
+
+
+# ------------------------------------------------------------------ property tests
+#
+# Scenario: events with unique ids, event time rising by 0..1 s per event (quarters, so
+# deadlines tie often), then filler events every 1 s for 20 s past the last real one
+# (event time stays dense past every label). Some events get a label at
+# event.ts + delay, delay in [0, 1.5 * max_label_delay]; some records are duplicated
+# as identical copies. Arrival order is the order of ts + noise, noise in [0, grace/2):
+# a record can only arrive after records whose ts is < its own ts + grace/2, so no
+# record is ever late (the watermark before it is < ts - grace/2).
+
+QUARTERS_MAX = int(1.5 * D * 4)  # 60 quarters = 15 s
+
+
+def order_safe_delay_quarters() -> st.SearchStrategy[int]:
+    """Label delays for which the outcome cannot depend on arrival order (noise < G/2).
+
+    An event e expires right after the first record r with r.ts > e.ts + D + G (12 s).
+    - delay <= D + G/2 - 0.25 (10.75 s): the label's key is < e.ts + 11.75 < r.ts <= r's
+      key, so the label always arrives before r: always ``joined``.
+    - delay >= 14 s: event time is dense (gaps <= 1 s), so some event r has
+      r.ts in (e.ts + 12, e.ts + 13] and key < e.ts + 14 <= the label's key: the label
+      always arrives after the expiry: always expired + ``correction`` (negative) or a
+      duplicate label (drop/dlq).
+    Delays between 11 and 13.75 s can go either way, depending on the order.
+    """
+    return st.one_of(st.integers(0, int((D + G / 2) * 4) - 1), st.integers(56, QUARTERS_MAX))
+
+
+@st.composite
+def scenarios(draw: st.DrawFn, order_safe: bool = False, reuse: bool = False) -> dict[str, Any]:
+    gaps = draw(st.lists(st.integers(0, 4), min_size=6, max_size=30))
+    n = len(gaps)
+    ts = 1000.0
+    events: list[Event] = []
+    for k, gap in enumerate(gaps):
+        ts += gap / 4
+        events.append(Event(f"e{k}", ts, {"x": float(k), "c": f"c{k % 3}"}, k % 4, k / 8))
+    events += [Event(f"f{m}", ts + m, {"x": -1.0, "c": "f"}, None, None) for m in range(1, 21)]
+    delays = order_safe_delay_quarters() if order_safe else st.integers(0, QUARTERS_MAX)
+    choices = draw(st.lists(st.one_of(st.none(), st.tuples(delays, st.booleans())), min_size=n, max_size=n))
+    labels = [Label(e.id, e.ts + c[0] / 4, c[1]) for e, c in zip(events, choices) if c is not None]
+    records: list[tuple[str, Event | Label]] = [("event", e) for e in events] + [("label", x) for x in labels]
+    if reuse:  # ids seen again later, some within the done horizon (22 s), some past it
+        for k, later, label in draw(st.lists(st.tuples(st.integers(0, n - 1), st.integers(40, 120),
+                                                       st.one_of(st.none(), st.booleans())), max_size=6)):
+            e = events[k]
+            records.append(("event", Event(e.id, e.ts + later / 4, {"x": 0.5, "c": "r"}, 1, None)))
+            if label is not None:
+                records.append(("label", Label(e.id, e.ts + later / 4 + 1, label)))
+    dups = draw(st.lists(st.integers(0, len(records) - 1), max_size=8))
+    records += [records[k] for k in dups]
+    rnd = draw(st.randoms(use_true_random=False))
+    noises = [[rnd.randrange(100) for _ in records] for _ in range(2)]
+    return {"events": events, "labels": {x.id: x for x in labels}, "records": records,
+            "noises": noises, "policy": draw(st.sampled_from(["negative", "drop", "dlq"]))}
+
+
+def arrange(records: list[tuple[str, Any]], noise: list[int]) -> list[Input]:
+    """Records in the order of ts + noise (noise < G/2), with per-topic offsets."""
+    order = sorted(range(len(records)), key=lambda k: records[k][1].ts + noise[k] / 100 * (G / 2))
+    offsets = {"event": 0, "label": 0}
+    inputs = []
+    for k in order:
+        kind, rec = records[k]
+        inputs.append(Input(kind, rec, offsets[kind]))  # type: ignore[arg-type]
+        offsets[kind] += 1
+    return inputs
+
+
+def split(inputs: list[Input], cuts: list[int]) -> list[list[Input]]:
+    bounds = [0] + sorted(c % (len(inputs) + 1) for c in cuts) + [len(inputs)]
+    return [inputs[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+def run(j: PartitionJoiner, batches: list[list[Input]]) -> JoinOutput:
+    """Process the batches, then flush: an idle tick far in the future expires everything."""
+    out = JoinOutput()
+    for batch in batches:
+        out.extend(j.process(batch))
+    out.extend(j.tick(now=1e6))
+    return out
+
+
+PROPERTY = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@PROPERTY
+@given(scenarios())
+def test_every_event_has_exactly_one_outcome_and_the_right_label(sc: dict[str, Any]) -> None:
+    policy = sc["policy"]
+    inputs = arrange(sc["records"], sc["noises"][0])
+    j = PartitionJoiner(0, spec(policy), clock=FakeClock())
+    out = run(j, [inputs])
+    events, labels = {e.id: e for e in sc["events"]}, sc["labels"]
+    first_offset = {}
+    for x in inputs:
+        if x.kind == "event":
+            first_offset.setdefault(x.record.id, x.offset)
+    offset_to_id = {x.offset: x.record.id for x in inputs if x.kind == "event"}
+
+    # no record is late and every label finds its event (the generator's guarantees)
+    assert all(d.reason is Reason.EXPIRED and d.kind == "event" for d in out.dead_letters)
+    dlq_ids = [offset_to_id[d.offset] for d in out.dead_letters]
+    joined = [x for x in out.examples if x.outcome == "joined"]
+    expired = [x for x in out.examples if x.outcome == "expired"]
+    corrections = [x for x in out.examples if x.outcome == "correction"]
+    closed = [x.id for x in joined] + [x.id for x in expired] + dlq_ids
+    # (a) exactly one of joined / expired / dropped / dead-lettered per event
+    assert len(closed) == len(set(closed))
+    assert len(events) - len(closed) == j.counts["expired_dropped"]
+    assert set(closed) <= set(events)
+    if policy != "drop":
+        assert set(closed) == set(events)
+    assert len({x.id for x in corrections}) == len(corrections)
+    # (b) labels and the event's own fields
+    for x in out.examples:
+        e = events[x.id]
+        assert (x.event_ts, x.features, x.served_version, x.prediction) == \
+            (e.ts, e.features, e.served_version, e.prediction)
+        assert x.source_partition == 0 and x.source_offset == first_offset[x.id]
+    for x in joined + corrections:
+        assert (x.label, x.label_ts) == (labels[x.id].label, labels[x.id].ts)
+    for x in expired:
+        assert x.label is False and x.label_ts is None
+    expired_ids = {x.id for x in expired}
+    assert {x.id for x in corrections} <= expired_ids
+    if policy == "negative":  # every label is within the horizon: an expired labelled event is corrected
+        assert {x.id for x in corrections} == expired_ids & set(labels)
+    assert {x.id for x in joined} <= set(labels)
+    assert sorted(j.drain_label_delays()) == sorted(x.label_ts - x.event_ts for x in joined)  # type: ignore[operator]
+    assert j.pending_events == j.pending_labels == 0 and j.remembered == 0
+
+
+@PROPERTY
+@given(scenarios(), st.lists(st.integers(0, 10_000), min_size=1, max_size=12))
+def test_output_does_not_depend_on_batch_boundaries(sc: dict[str, Any], cuts: list[int]) -> None:
+    inputs = arrange(sc["records"], sc["noises"][0])
+    whole = run(PartitionJoiner(0, spec(sc["policy"]), clock=FakeClock()), [inputs])
+    j = PartitionJoiner(0, spec(sc["policy"]), clock=FakeClock())
+    cut = run(j, split(inputs, cuts))
+    assert cut.examples == whole.examples and cut.dead_letters == whole.dead_letters
+    assert Counter((x.id, x.outcome, x.label) for x in cut.examples) == \
+        Counter((x.id, x.outcome, x.label) for x in whole.examples)
+
+
+@PROPERTY
+@given(scenarios(order_safe=True))
+def test_output_does_not_depend_on_arrival_order_within_the_grace(sc: dict[str, Any]) -> None:
+    outs = []
+    for noise in sc["noises"]:
+        out = run(PartitionJoiner(0, spec(sc["policy"]), clock=FakeClock()), [arrange(sc["records"], noise)])
+        assert not any(d.reason is Reason.LATE for d in out.dead_letters)
+        outs.append(out)
+    a, b = (Counter((x.id, x.outcome, x.label) for x in out.examples) for out in outs)
+    assert a == b
+    ids_a, ids_b = (sorted(d.record.id for d in out.dead_letters) for out in outs)  # type: ignore[union-attr]
+    assert ids_a == ids_b
+
+
+@PROPERTY
+@given(scenarios(reuse=True), st.data())
+def test_restore_from_the_changelog_continues_identically(sc: dict[str, Any], data: st.DataObject) -> None:
+    inputs = arrange(sc["records"], sc["noises"][0])
+    batches = split(inputs, data.draw(st.lists(st.integers(0, 10_000), min_size=1, max_size=12), label="cuts"))
+    # between batches: nothing, a drain, or an idle tick (constant clock 0, so `now` is the
+    # idle time; below IDLE it does nothing, above it the watermark jumps)
+    ops: list[Any] = []
+    for batch in batches:
+        ops.append(batch)
+        ops.append(data.draw(st.sampled_from(["", "drain", 2.0, 6.0, 9.0]), label="op"))
+    at = data.draw(st.integers(0, len(ops)), label="restore point")
+    policy = sc["policy"]
+    original = PartitionJoiner(0, spec(policy), clock=FakeClock())
+    changelog: list[tuple[str, bytes | None]] = []
+
+    def apply(j: PartitionJoiner, op: Any, out: JoinOutput) -> None:
+        if isinstance(op, list):
+            out.extend(j.process(op))
+        elif isinstance(op, float):
+            out.extend(j.tick(now=op))
+
+    for op in ops[:at]:
+        apply(original, op, JoinOutput())
+        if op == "drain":
+            changelog.extend(original.drain_changes().items())
+    changelog.extend(original.drain_changes().items())
+    restored = PartitionJoiner.restore(0, spec(policy), changelog, clock=FakeClock())
+    assert (restored.watermark, restored.pending_events, restored.pending_labels, restored.remembered) == \
+        (original.watermark, original.pending_events, original.pending_labels, original.remembered)
+    outs = []
+    for j in (original, restored):
+        out = JoinOutput()
+        for op in ops[at:]:
+            apply(j, op, out)
+            if op == "drain":
+                j.drain_changes()
+        outs.append(out)
+    assert outs[0] == outs[1]
+    assert original.drain_changes() == restored.drain_changes()
+    assert run(original, []) == run(restored, [])
+
+
+def test_dead_letter_record_is_not_part_of_equality() -> None:
+    a = DeadLetter("event", 0, 1, Reason.LATE, "x", ev("a", 1.0))
+    assert a == DeadLetter("event", 0, 1, Reason.LATE, "x")
