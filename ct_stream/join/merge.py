@@ -1,0 +1,88 @@
+"""Event-time order across the two input topics of one partition.
+
+A consumer fetches the events and labels topics independently: in one poll a whole
+chunk of labels may come before the events they refer to (a catching-up consumer
+fetches partition by partition). Fed in that order, the joiner would see the labels'
+later timestamps first, move its watermark, and call the events late. Like Kafka
+Streams' partition groups, :class:`PartitionMerger` buffers both topics of a partition
+and releases records in timestamp order: while both queues hold records, the one with
+the smaller timestamp goes first; when one queue is empty, the other waits, unless the
+empty topic is known to be at its end (then there is nothing to wait for).
+
+Items keep their topic's offset order. An item whose ``ts`` is ``None`` (a record that
+failed to decode, on its way to the dead-letter topic) is released as soon as it
+reaches the head of its queue, so the offsets released per topic stay contiguous and
+can be committed.
+
+>>> m = PartitionMerger()
+>>> m.add("label", [(5.0, "l1"), (6.0, "l2")])
+>>> m.take()          # the events topic may still hold earlier records: wait
+[]
+>>> m.add("event", [(4.0, "e1"), (7.0, "e2")])
+>>> [x for _, x in m.take()]
+['e1', 'l1', 'l2']
+>>> m.mark_end("label")
+>>> [x for _, x in m.take()]
+['e2']
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Iterable, Literal
+
+__all__ = ["PartitionMerger"]
+
+Kind = Literal["event", "label"]
+
+
+class PartitionMerger:
+    """Releases one partition's events and labels in timestamp order (see the module doc).
+
+    ``add(kind, items)`` takes ``(ts, payload)`` pairs in offset order; ``take()``
+    returns ``(kind, payload)`` pairs that can be processed now.
+    """
+
+    __slots__ = ("_queues", "_at_end")
+
+    def __init__(self) -> None:
+        self._queues: dict[str, deque[tuple[float | None, Any]]] = {"event": deque(), "label": deque()}
+        self._at_end: dict[str, bool] = {"event": False, "label": False}
+
+    def add(self, kind: Kind, items: Iterable[tuple[float | None, Any]]) -> None:
+        """Queue records of ``kind`` (in offset order); the topic is no longer at its end."""
+        self._queues[kind].extend(items)
+        self._at_end[kind] = False
+
+    def mark_end(self, kind: Kind) -> None:
+        """The consumer reached the end of this partition of ``kind``'s topic: once its
+        queue is empty, the other topic's records need not wait for it."""
+        self._at_end[kind] = True
+
+    def buffered(self, kind: Kind) -> int:
+        """Records of ``kind`` waiting."""
+        return len(self._queues[kind])
+
+    def take(self) -> list[tuple[str, Any]]:
+        """Every record that can go to the joiner now, in timestamp order."""
+        events, labels = self._queues["event"], self._queues["label"]
+        out: list[tuple[str, Any]] = []
+        append = out.append
+        while True:
+            if events and events[0][0] is None:
+                append(("event", events.popleft()[1]))
+                continue
+            if labels and labels[0][0] is None:
+                append(("label", labels.popleft()[1]))
+                continue
+            if events and labels:
+                if events[0][0] <= labels[0][0]:  # type: ignore[operator]
+                    append(("event", events.popleft()[1]))
+                else:
+                    append(("label", labels.popleft()[1]))
+            elif events and self._at_end["label"]:
+                append(("event", events.popleft()[1]))
+            elif labels and self._at_end["event"]:
+                append(("label", labels.popleft()[1]))
+            else:
+                return out
