@@ -23,6 +23,7 @@ _EPILOG = """\
 commands:
   demo       run the pipeline end to end on the embedded broker (or --bootstrap)
   broker     run a broker in the foreground and print its bootstrap address
+  run        run a topology's workers against Kafka (today: --role joiner)
   validate   check topology files and say what is wrong, field by field
 
 Point any command at an existing Kafka cluster with --bootstrap HOST:PORT (or
@@ -67,6 +68,33 @@ def _parser() -> argparse.ArgumentParser:
     broker.add_argument("--port", type=int, default=None, help="embedded only: the port (default: a free one)")
     broker.add_argument("--data-dir", type=Path, default=Path("ct-stream-kafka"),
                         help="apache only: the node's data directory, formatted on first use (default ./ct-stream-kafka)")
+
+    run = sub.add_parser(
+        "run", help="run a topology's workers against Kafka",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.dedent("""\
+            Run one worker of TOPOLOGY until Ctrl-C or SIGTERM (then it commits and leaves
+            its consumer group).
+
+            --role joiner: join the events and labels topics into <name>.examples. Start
+            several with the same topology (distinct --instance) to split the partitions.
+            On a broker that isolates transactions (Apache Kafka) it runs exactly-once;
+            elsewhere (the embedded broker) at-least-once with dedupe by id downstream;
+            it logs which at start."""))
+    run.add_argument("topology", type=Path, metavar="TOPOLOGY")
+    run.add_argument("--role", choices=("joiner",), default="joiner",
+                     help="which worker to run (default joiner; trainer and all arrive with the trainer)")
+    run.add_argument("--instance", default="0",
+                     help="this process's stable name among the topology's joiners: its transactional.id is "
+                          "<name>.joiner.<instance>, so a restart with the same name fences its predecessor "
+                          "(default 0)")
+    run.add_argument("--mode", choices=("auto", "exactly_once", "at_least_once"), default="auto",
+                     help="auto (default): exactly-once if the broker isolates transactions, else at-least-once")
+    run.add_argument("--metrics-port", type=int, default=None,
+                     help="serve Prometheus metrics on http://--metrics-host:PORT/metrics (0: a free port)")
+    run.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port (default 127.0.0.1)")
+    run.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    _bootstrap_arg(run, "the Kafka cluster (required)")
 
     validate = sub.add_parser(
         "validate", help="check topology files",
@@ -160,6 +188,38 @@ def _cmd_broker(args: argparse.Namespace) -> int:
     return run_in_foreground(ApacheKafka(args.data_dir, cache), f"Apache Kafka (data in {args.data_dir})")
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+    import threading
+
+    from prometheus_client import CollectorRegistry
+
+    from ct_stream.metrics import serve_metrics
+    from ct_stream.runtime.joiner import JoinerWorker
+    from ct_stream.topology import load_topology
+
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.bootstrap:
+        print("error: --bootstrap: missing; allowed: HOST:PORT of a Kafka cluster (or set CT_STREAM_BOOTSTRAP; "
+              "`ct-stream broker` starts a local one)", file=sys.stderr)
+        return 2
+    topology = load_topology(args.topology)
+    registry = CollectorRegistry()
+    if args.metrics_port is not None:
+        port = serve_metrics(registry, args.metrics_port, args.metrics_host)
+        print(f"metrics on http://{args.metrics_host}:{port}/metrics", flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    worker = JoinerWorker(topology, args.bootstrap, instance=args.instance, mode=args.mode, registry=registry)
+    worker.setup()
+    print(f"joiner {topology.name!r} instance {args.instance} running in {worker.mode} mode on {args.bootstrap}",
+          flush=True)
+    worker.run(stop)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ct-stream`` console script."""
     parser = _parser()
@@ -172,6 +232,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_validate(args.files)
         if args.command == "demo":
             return _cmd_demo(args)
+        if args.command == "run":
+            return _cmd_run(args)
         return _cmd_broker(args)
     except CtStreamError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -69,3 +69,10 @@ def test_cli_help_lists_the_commands():
     out = subprocess.run([sys.executable, "-m", "ct_stream.cli", "--help"], capture_output=True, text=True, check=True)
     for command in ("demo", "broker", "validate", "--bootstrap"):
         assert command in out.stdout
+
+
+def test_run_without_a_bootstrap_says_what_is_missing():
+    out = subprocess.run([sys.executable, "-m", "ct_stream.cli", "run", str(REPO / "topologies" / "clicks.py")],
+                         capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"}, timeout=60)
+    assert out.returncode == 2
+    assert "--bootstrap: missing; allowed: HOST:PORT" in out.stderr

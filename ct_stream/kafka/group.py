@@ -114,6 +114,7 @@ class GroupIO:
             self.producer.init_transactions(60)  # fences an earlier instance with the same id
             self.producer.begin_transaction()
         cconf = consumer_config(bootstrap, group_id, passthrough, partition_assignment_strategy="range",
+                                enable_partition_eof=True,
                                 isolation_level="read_committed" if mode == "exactly_once" else "read_uncommitted")
         self.consumer = Consumer(cconf)
         self.consumer.subscribe(list(topics), on_assign=self._assigned, on_revoke=self._revoked,
@@ -134,18 +135,22 @@ class GroupIO:
         self.assignment.difference_update(tps)
 
     # Input ---------------------------------------------------------------------------
-    def poll(self, max_records: int = 10_000, timeout: float = 0.1) -> list[Message]:
-        """Up to ``max_records`` input records; broker errors other than end-of-partition raise."""
+    def poll(self, max_records: int = 10_000, timeout: float = 0.1) -> tuple[list[Message], list[tuple[str, int]]]:
+        """Up to ``max_records`` input records, and the ``(topic, partition)`` pairs that
+        reached their end in this poll. Fatal broker errors raise; others are logged."""
         out = []
+        at_end = []
         for m in self.consumer.consume(num_messages=max_records, timeout=timeout):
             err = m.error()
             if err is None:
                 out.append(m)
-            elif err.code() != KafkaError._PARTITION_EOF:
-                if err.fatal():
-                    raise BrokerError(f"fatal consumer error: {err}")
+            elif err.code() == KafkaError._PARTITION_EOF:
+                at_end.append((m.topic(), m.partition()))
+            elif err.fatal():
+                raise BrokerError(f"fatal consumer error: {err}")
+            else:
                 log.warning("consumer error: %s", err)
-        return out
+        return out, at_end
 
     def lag(self) -> dict[tuple[str, int], int]:
         """Records between the consumer's position and the partition end, per owned partition."""
@@ -215,8 +220,15 @@ class GroupIO:
             raise BrokerError(f"an output record was not delivered: {error}")
 
     def close(self) -> None:
-        """Abort an open transaction (nothing uncommitted is published) and leave the group."""
+        """Leave the group, then abort the open transaction (nothing uncommitted is published).
+
+        The revoke callback does not run: commit what should be kept before closing.
+        """
+        self._on_revoke = None
+        self._on_assign = None
         try:
+            self.consumer.close()
+        finally:
             if self.mode == "exactly_once":
                 try:
                     self.producer.abort_transaction(10)
@@ -224,5 +236,3 @@ class GroupIO:
                     log.warning("abort on close failed: %s", e)
             else:
                 self.producer.flush(30)
-        finally:
-            self.consumer.close()

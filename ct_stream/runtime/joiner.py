@@ -1,0 +1,343 @@
+"""The joiner worker: Kafka in, pure join logic, Arrow examples out, one commit procedure.
+
+``ct-stream run TOPOLOGY --role joiner`` runs one :class:`JoinerWorker`. Several workers
+with the same topology form one consumer group: the range assignor gives each the same
+partition numbers of the events and labels topics, and a partition's join state moves
+with it through the ``<name>.joiner-state`` changelog.
+
+Per poll: decode the batch (bad records go to the DLQ at once), feed each partition's
+records in arrival order to its :class:`~ct_stream.join.PartitionJoiner`, buffer the
+examples. Every ``join.commit_interval`` seconds (and before partitions are revoked,
+and at shutdown) the buffered examples are written as one Arrow batch per partition
+and :meth:`GroupIO.commit <ct_stream.kafka.group.GroupIO.commit>` runs the commit
+procedure (outputs, changelog, offsets, commit).
+
+Recovery is crash-only: a worker that loses its partitions, is fenced, or fails a
+commit throws its in-memory state away and starts over from the last commit
+(state from the changelog, input from the committed offsets) — the same path as a
+restart after ``kill -9``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter, defaultdict
+from typing import Any, Callable, Literal
+
+from prometheus_client import CollectorRegistry
+
+from ct_stream.errors import BrokerError, CtStreamError
+from ct_stream.join import Input, JoinerGroup, JoinOutput, PartitionJoiner
+from ct_stream.kafka.clients import TopicSpec, ensure_topics, read_to_end
+from ct_stream.kafka.group import GroupIO, Mode, probe_transaction_isolation
+from ct_stream.metrics import JoinerMetrics
+from ct_stream.join.merge import PartitionMerger
+from ct_stream.records import (Event, Label, Reject, decode_events, decode_labels, encode_event, encode_label,
+                               encode_examples, examples_to_batch)
+from ct_stream.runtime.smoke import dlq_headers
+from ct_stream.topology import Topology
+
+__all__ = ["JoinerWorker", "ModeSetting"]
+
+log = logging.getLogger("ct_stream.joiner")
+
+ModeSetting = Literal["auto", "exactly_once", "at_least_once"]
+
+_MAX_ROWS_PER_MESSAGE = 2_000  # keeps one Arrow batch well under Kafka's 1 MB default
+
+
+class _Restart(CtStreamError):
+    """The worker's in-memory state no longer matches the last commit: start over from it."""
+
+
+class JoinerWorker:
+    """One joiner process's loop. ``run()`` until ``stop`` is set.
+
+    ``clock`` is wall time in seconds (injectable for tests); ``registry`` holds the
+    metrics.
+    """
+
+    def __init__(self, topology: Topology, bootstrap: str, *, instance: str = "0", mode: ModeSetting = "auto",
+                 registry: CollectorRegistry | None = None, clock: Callable[[], float] = time.time,
+                 max_batch: int = 10_000) -> None:
+        self.t = topology
+        self.bootstrap = bootstrap
+        self.instance = instance
+        self.mode_setting = mode
+        self.clock = clock
+        self.max_batch = max_batch
+        self.metrics = JoinerMetrics(registry or CollectorRegistry(), topology.name)
+        self.mode: Mode | None = None
+        self.io: GroupIO | None = None
+        self.group = JoinerGroup(topology.join, clock=clock)
+        self._buffers: dict[int, list[Any]] = defaultdict(list)
+        self._mergers: dict[int, PartitionMerger] = {}
+        self._offsets: dict[tuple[str, int], int] = {}
+        self._last_commit = clock()
+        self._last_tick = clock()
+        self._reported: Counter[str] = Counter()
+
+    # Setup ---------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Create the topics ct-stream owns, check co-partitioning, pick the mode, join the group."""
+        t = self.t
+        compacted = {"cleanup.policy": "compact"}
+        ensure_topics(self.bootstrap, [
+            TopicSpec(t.events_topic, t.partitions, t.replication_factor),
+            TopicSpec(t.labels_topic, t.partitions, t.replication_factor),
+            TopicSpec(t.examples_topic, t.partitions, t.replication_factor),
+            TopicSpec(t.dlq_topic, t.partitions, t.replication_factor),
+            TopicSpec(t.state_topic, t.partitions, t.replication_factor, compacted),
+        ], t.kafka)
+        if self.mode is None:
+            self.mode = self._choose_mode()
+        self.io = GroupIO(self.bootstrap, f"{t.name}.joiner", [t.events_topic, t.labels_topic], self.mode,
+                          transactional_id=f"{t.name}.joiner.{self.instance}", passthrough=t.kafka,
+                          on_assign=self._on_assign, on_revoke=self._on_revoke)
+
+    def _choose_mode(self) -> Mode:
+        if self.mode_setting != "auto":
+            mode: Mode = self.mode_setting
+        elif probe_transaction_isolation(self.bootstrap, self.t.state_topic, self.t.kafka):
+            mode = "exactly_once"
+        else:
+            mode = "at_least_once"
+        if mode == "exactly_once":
+            log.warning("joiner %s: exactly-once mode (transactions isolate on %s)", self.t.name, self.bootstrap)
+        else:
+            log.warning("joiner %s: at-least-once (idempotent) mode: the broker at %s does not isolate "
+                        "transactions; downstream dedupes examples by id", self.t.name, self.bootstrap)
+        return mode
+
+    # Rebalance -------------------------------------------------------------------------
+    def _on_assign(self, tps: list[tuple[str, int]]) -> None:
+        for p in sorted({p for _, p in tps}):
+            if p not in self.group.partitions:
+                self.group.add_partition(self._restore(p))
+                self._mergers[p] = PartitionMerger()
+        self.metrics.child(self.metrics.assigned).set(len(self.group.partitions))
+
+    def _restore(self, partition: int) -> PartitionJoiner:
+        latest: dict[bytes, bytes | None] = {}
+        prefix = f"{partition}|".encode()
+        iso = "read_committed" if self.mode == "exactly_once" else "read_uncommitted"
+        for batch in read_to_end(self.bootstrap, self.t.state_topic, {partition: 0}, self.t.kafka,
+                                 isolation_level=iso):
+            for m in batch:
+                key = m.key()
+                if key is not None and key.startswith(prefix):
+                    latest[key] = m.value()
+        entries = [(k[len(prefix):].decode(), v) for k, v in latest.items() if v is not None]
+        joiner = PartitionJoiner.restore(partition, self.t.join, entries, clock=self.clock)
+        log.info("partition %d: restored %d state entries", partition, len(entries))
+        return joiner
+
+    def _on_revoke(self, tps: list[tuple[str, int]]) -> None:
+        self.commit()
+        for p in {p for _, p in tps}:
+            self.group.remove_partition(p)
+            self._mergers.pop(p, None)
+            self._buffers.pop(p, None)
+        revoked = set(tps)
+        self._offsets = {tp: o for tp, o in self._offsets.items() if tp not in revoked}
+        self.metrics.child(self.metrics.assigned).set(len(self.group.partitions))
+
+    # The loop --------------------------------------------------------------------------
+    def run(self, stop: threading.Event, max_seconds: float | None = None) -> None:
+        """Poll, join and commit until ``stop`` is set (or ``max_seconds`` pass); commit and leave."""
+        deadline = None if max_seconds is None else time.monotonic() + max_seconds
+        if self.io is None:
+            self.setup()
+        while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+            try:
+                self.step()
+            except (_Restart, BrokerError) as e:
+                log.warning("joiner %s: %s; starting over from the last commit", self.t.name, e)
+                self._start_over()
+        self.close()
+
+    def step(self) -> None:
+        """One poll: decode, order by event time, join, buffer; commit when the interval has passed."""
+        assert self.io is not None
+        msgs, at_end = self.io.poll(self.max_batch, timeout=0.1)
+        if msgs or at_end:
+            self._process(msgs, at_end)
+        now = self.clock()
+        if now - self._last_tick >= 1.0:
+            self._tick(now)
+            self._last_tick = now
+        if now - self._last_commit >= self.t.join.commit_interval:
+            self.commit()
+
+    def _process(self, msgs: list[Any], at_end: list[tuple[str, int]]) -> None:
+        t = self.t
+        schema = t.record_schema
+        grouped: dict[tuple[str, int], list[Any]] = defaultdict(list)
+        for m in msgs:
+            grouped[(m.topic(), m.partition())].append(m)
+        touched = set()
+        for (topic, p), tp_msgs in grouped.items():
+            merger = self._mergers.get(p)
+            if merger is None:
+                continue  # polled just before its partition was revoked: the new owner re-reads it
+            kind = "event" if topic == t.events_topic else "label"
+            decode = decode_events if kind == "event" else decode_labels
+            good, rejects = decode([m.value() for m in tp_msgs], schema, [m.timestamp()[1] for m in tp_msgs])
+            items: list[tuple[float | None, tuple[Any, Any]]] = []
+            bad = dict(rejects)
+            it = iter(good)
+            for i, m in enumerate(tp_msgs):
+                reject = bad.get(i)
+                if reject is not None:
+                    items.append((None, (m, reject)))
+                else:
+                    record = next(it)
+                    items.append((record.ts, (m, record)))
+            merger.add(kind, items)  # type: ignore[arg-type]
+            self.metrics.child(self.metrics.records, kind).inc(len(tp_msgs))
+            touched.add(p)
+        for topic, p in at_end:
+            merger = self._mergers.get(p)
+            if merger is not None:
+                merger.mark_end("event" if topic == t.events_topic else "label")
+                touched.add(p)
+        for p in touched:
+            self._release(p)
+
+    def _tick(self, now: float) -> None:
+        """Idle watermark advance, for partitions with nothing held back: a partition
+        whose records wait in its merger for the other topic is not idle, it is blocked."""
+        for p, joiner in self.group.partitions.items():
+            merger = self._mergers[p]
+            if merger.buffered("event") == 0 and merger.buffered("label") == 0:
+                self._handle(joiner.tick(now))
+
+    def _release(self, p: int) -> None:
+        """Feed the partition's records that are ready, in event-time order, to its joiner."""
+        t = self.t
+        inputs = []
+        originals = {}
+        for kind, (m, payload) in self._mergers[p].take():
+            self._offsets[(m.topic(), p)] = m.offset() + 1
+            if isinstance(payload, Reject):
+                self._dead_letter(m, payload.reason.value, payload.detail)
+            else:
+                inputs.append(Input(kind, payload, m.offset()))
+                originals[(m.topic(), m.offset())] = m
+        if inputs:
+            self._handle(self.group.process(p, inputs), originals)
+
+    def _handle(self, out: JoinOutput, originals: dict[tuple[str, int], Any] | None = None) -> None:
+        for ex in out.examples:
+            self._buffers[ex.source_partition].append(ex)
+        for dl in out.dead_letters:
+            topic = self.t.events_topic if dl.kind == "event" else self.t.labels_topic
+            original = originals.get((topic, dl.offset)) if originals else None
+            if original is not None:
+                self._dead_letter(original, dl.reason.value, dl.detail)
+            else:
+                record = getattr(dl, "record", None)
+                value = None
+                if isinstance(record, Event):
+                    value = encode_event(record, self.t.record_schema)
+                elif isinstance(record, Label):
+                    value = encode_label(record, self.t.record_schema)
+                key = record.id.encode() if record is not None else None
+                self._produce_dead_letter(topic, dl.partition, dl.offset, key, value, dl.reason.value, dl.detail)
+
+    def _dead_letter(self, m: Any, reason: str, detail: str) -> None:
+        self._produce_dead_letter(m.topic(), m.partition(), m.offset(), m.key(), m.value(), reason, detail)
+
+    def _produce_dead_letter(self, topic: str, partition: int, offset: int, key: bytes | None,
+                             value: bytes | None, reason: str, detail: str) -> None:
+        assert self.io is not None
+        self.io.produce(self.t.dlq_topic, value, key, headers=dlq_headers(reason, detail, topic, partition, offset))
+        self.metrics.child(self.metrics.dead_letters, reason).inc()
+
+    # Commit ----------------------------------------------------------------------------
+    def commit(self) -> None:
+        """Write buffered examples and run the commit procedure."""
+        assert self.io is not None
+        started = time.perf_counter()
+        t = self.t
+        for p, rows in self._buffers.items():
+            for i in range(0, len(rows), _MAX_ROWS_PER_MESSAGE):
+                chunk = rows[i:i + _MAX_ROWS_PER_MESSAGE]
+                batch = examples_to_batch([_row(ex) for ex in chunk], t.record_schema)
+                self.io.produce(t.examples_topic, encode_examples(batch),
+                                key=f"{p}:{chunk[0].source_offset}".encode(), partition=p)
+        self._buffers.clear()
+        changelog = []
+        for p, joiner in self.group.partitions.items():
+            for key, value in joiner.drain_changes().items():
+                changelog.append((t.state_topic, p, f"{p}|{key}".encode(), value))
+        try:
+            self.io.commit(dict(self._offsets), changelog)
+        except Exception as e:  # noqa: BLE001 - any commit failure means: start over from the last commit
+            raise _Restart(f"commit failed: {e}") from e
+        self._last_commit = self.clock()
+        self.metrics.child(self.metrics.commit_seconds).observe(time.perf_counter() - started)
+        self._update_metrics()
+
+    def _update_metrics(self) -> None:
+        m = self.metrics
+        counts = self.group.counts
+        for key, metric, labels in (("joined", m.examples, ("joined",)), ("expired", m.examples, ("expired",)),
+                                    ("corrections", m.examples, ("correction",)),
+                                    ("expired_dropped", m.dropped, ()),
+                                    ("capacity_expired", m.capacity_expired, ()),
+                                    ("duplicate_events", m.duplicates, ("event",)),
+                                    ("duplicate_labels", m.duplicates, ("label",))):
+            delta = counts[key] - self._reported[key]
+            if delta > 0:
+                m.child(metric, *labels).inc(delta)
+                self._reported[key] = counts[key]
+        pending_events = sum(j.pending_events for j in self.group.partitions.values())
+        pending_labels = sum(j.pending_labels for j in self.group.partitions.values())
+        m.child(m.pending, "event").set(pending_events)
+        m.child(m.pending, "label").set(pending_labels)
+        closed = counts["joined"] + counts["expired"] + counts["expired_dropped"] + counts["expired_dlq"]
+        if closed:
+            m.child(m.label_coverage).set(counts["joined"] / closed)
+        if self.io is not None:
+            lag = {"event": 0, "label": 0}
+            for (topic, _), behind in self.io.lag().items():
+                lag["event" if topic == self.t.events_topic else "label"] += behind
+            for kind, behind in lag.items():
+                m.child(m.lag, kind).set(behind)
+        for joiner in self.group.partitions.values():
+            for delay in joiner.drain_label_delays():
+                m.child(m.label_delay).observe(delay)
+
+    def _start_over(self) -> None:
+        if self.io is not None:
+            try:
+                self.io.close()
+            except Exception as e:  # noqa: BLE001 - we are discarding this client anyway
+                log.warning("closing the old clients failed: %s", e)
+        self.io = None
+        self.group = JoinerGroup(self.t.join, clock=self.clock)
+        self._buffers.clear()
+        self._mergers.clear()
+        self._offsets.clear()
+        self.setup()
+
+    def close(self) -> None:
+        """Commit what is buffered, then leave the group."""
+        if self.io is None:
+            return
+        try:
+            self.commit()
+        finally:
+            self.io.close()
+            self.io = None
+
+
+def _row(ex: Any) -> dict[str, Any]:
+    row = {"id": ex.id, "event_ts": ex.event_ts, "label_ts": ex.label_ts, "label": ex.label, "outcome": ex.outcome,
+           "served_version": ex.served_version, "prediction": ex.prediction,
+           "source_partition": ex.source_partition, "source_offset": ex.source_offset}
+    row.update(ex.features)
+    return row
