@@ -13,12 +13,66 @@ True
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+import threading
+from typing import Iterator, Sequence
 
-__all__ = ["JoinerMetrics", "serve_metrics"]
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import HistogramMetricFamily, Metric
+
+__all__ = ["BulkHistogram", "JoinerMetrics", "serve_metrics"]
 
 _DELAY_BUCKETS = (0.1, 0.5, 1, 5, 15, 30, 60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 86400, 7 * 86400)
 _COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class BulkHistogram:
+    """A Prometheus histogram observed a batch at a time with numpy.
+
+    ``prometheus_client.Histogram.observe`` costs microseconds per value; the joiner
+    has one value per joined example, so it adds whole batches here instead.
+
+    >>> r = CollectorRegistry()
+    >>> h = BulkHistogram("ct_demo_seconds", "Demo.", {"topology": "t"}, (1.0, 5.0), r)
+    >>> h.observe_many([0.5, 1.0, 3.0, 9.0])
+    >>> r.get_sample_value("ct_demo_seconds_bucket", {"topology": "t", "le": "1.0"})
+    2.0
+    >>> r.get_sample_value("ct_demo_seconds_count", {"topology": "t"})
+    4.0
+    """
+
+    def __init__(self, name: str, documentation: str, labels: dict[str, str], buckets: Sequence[float],
+                 registry: CollectorRegistry) -> None:
+        self.name = name
+        self.documentation = documentation
+        self._labels = dict(labels)
+        self._bounds = np.array([*sorted(buckets), np.inf], dtype=np.float64)
+        self._counts = np.zeros(len(self._bounds), dtype=np.int64)
+        self._sum = 0.0
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def observe_many(self, values: Sequence[float] | np.ndarray) -> None:
+        """Add every value of ``values`` (seconds)."""
+        arr = np.asarray(values, dtype=np.float64)
+        if arr.size == 0:
+            return
+        counts = np.bincount(np.searchsorted(self._bounds, arr, side="left"), minlength=len(self._bounds))
+        with self._lock:
+            self._counts += counts
+            self._sum += float(arr.sum())
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            cumulative = np.cumsum(self._counts)
+            total = self._sum
+        family = HistogramMetricFamily(self.name, self.documentation, labels=list(self._labels))
+        buckets = [("+Inf" if np.isinf(b) else str(float(b)), float(c)) for b, c in zip(self._bounds, cumulative)]
+        family.add_metric(list(self._labels.values()), buckets=buckets, sum_value=total)
+        yield family
+
+    def describe(self) -> list[Metric]:
+        return [HistogramMetricFamily(self.name, self.documentation, labels=list(self._labels))]
 
 
 class JoinerMetrics:
@@ -44,9 +98,9 @@ class JoinerMetrics:
                                     t + ["reason"], registry=registry)
         self.pending = Gauge("ct_joiner_pending", "Entries waiting in the join window, by kind (event, label).",
                              t + ["kind"], registry=registry)
-        self.label_delay = Histogram("ct_joiner_label_delay_seconds",
-                                     "Event time from an event to its label, for joined examples.", t,
-                                     buckets=_DELAY_BUCKETS, registry=registry)
+        self.label_delay = BulkHistogram("ct_joiner_label_delay_seconds",
+                                         "Event time from an event to its label, for joined examples.",
+                                         {"topology": topology}, _DELAY_BUCKETS, registry)
         self.label_coverage = Gauge("ct_joiner_label_coverage_ratio",
                                     "Share of closed events that got their label: joined / (joined + expired).", t,
                                     registry=registry)

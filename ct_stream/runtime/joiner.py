@@ -33,9 +33,10 @@ from ct_stream.join import Input, JoinerGroup, JoinOutput, PartitionJoiner
 from ct_stream.kafka.clients import TopicSpec, ensure_topics, read_to_end
 from ct_stream.kafka.group import GroupIO, Mode, probe_transaction_isolation
 from ct_stream.metrics import JoinerMetrics
+from ct_stream.join.arrow import examples_to_arrow
 from ct_stream.join.merge import PartitionMerger
 from ct_stream.records import (Event, Label, Reject, decode_events, decode_labels, encode_event, encode_label,
-                               encode_examples, examples_to_batch)
+                               encode_examples)
 from ct_stream.runtime.smoke import dlq_headers
 from ct_stream.topology import Topology
 
@@ -216,18 +217,26 @@ class JoinerWorker:
 
     def _release(self, p: int) -> None:
         """Feed the partition's records that are ready, in event-time order, to its joiner."""
-        t = self.t
+        released = self._mergers[p].take()
+        if not released:
+            return
         inputs = []
-        originals = {}
-        for kind, (m, payload) in self._mergers[p].take():
-            self._offsets[(m.topic(), p)] = m.offset() + 1
+        last: dict[str, int] = {}
+        for kind, (m, payload) in released:
             if isinstance(payload, Reject):
                 self._dead_letter(m, payload.reason.value, payload.detail)
             else:
                 inputs.append(Input(kind, payload, m.offset()))
-                originals[(m.topic(), m.offset())] = m
+            last[kind] = m.offset()
+        t = self.t
+        for kind, offset in last.items():  # records of one topic are released in offset order
+            self._offsets[(t.events_topic if kind == "event" else t.labels_topic, p)] = offset + 1
         if inputs:
-            self._handle(self.group.process(p, inputs), originals)
+            out = self.group.process(p, inputs)
+            originals = None
+            if out.dead_letters:  # the original bytes of records from this release, by topic and offset
+                originals = {(m.topic(), m.offset()): m for _, (m, _) in released}
+            self._handle(out, originals)
 
     def _handle(self, out: JoinOutput, originals: dict[tuple[str, int], Any] | None = None) -> None:
         for ex in out.examples:
@@ -265,7 +274,7 @@ class JoinerWorker:
         for p, rows in self._buffers.items():
             for i in range(0, len(rows), _MAX_ROWS_PER_MESSAGE):
                 chunk = rows[i:i + _MAX_ROWS_PER_MESSAGE]
-                batch = examples_to_batch([_row(ex) for ex in chunk], t.record_schema)
+                batch = examples_to_arrow(chunk, t.record_schema)
                 self.io.produce(t.examples_topic, encode_examples(batch),
                                 key=f"{p}:{chunk[0].source_offset}".encode(), partition=p)
         self._buffers.clear()
@@ -308,8 +317,7 @@ class JoinerWorker:
             for kind, behind in lag.items():
                 m.child(m.lag, kind).set(behind)
         for joiner in self.group.partitions.values():
-            for delay in joiner.drain_label_delays():
-                m.child(m.label_delay).observe(delay)
+            m.label_delay.observe_many(joiner.drain_label_delays())
 
     def _start_over(self) -> None:
         if self.io is not None:
@@ -334,10 +342,3 @@ class JoinerWorker:
             self.io.close()
             self.io = None
 
-
-def _row(ex: Any) -> dict[str, Any]:
-    row = {"id": ex.id, "event_ts": ex.event_ts, "label_ts": ex.label_ts, "label": ex.label, "outcome": ex.outcome,
-           "served_version": ex.served_version, "prediction": ex.prediction,
-           "source_partition": ex.source_partition, "source_offset": ex.source_offset}
-    row.update(ex.features)
-    return row
