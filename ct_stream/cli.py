@@ -196,6 +196,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from prometheus_client import CollectorRegistry
 
     from ct_stream.metrics import serve_metrics
+    from ct_stream.runtime import tune_gc
     from ct_stream.runtime.joiner import JoinerWorker
     from ct_stream.topology import load_topology
 
@@ -212,6 +213,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    tune_gc()
     worker = JoinerWorker(topology, args.bootstrap, instance=args.instance, mode=args.mode, registry=registry)
     worker.setup()
     print(f"joiner {topology.name!r} instance {args.instance} running in {worker.mode} mode on {args.bootstrap}",

@@ -167,20 +167,26 @@ class GroupIO:
         if err is not None and self._delivery_error is None:
             self._delivery_error = f"{err} (topic {msg.topic()} partition {msg.partition()})"
 
-    def produce(self, topic: str, value: bytes | None, key: bytes | None = None, partition: int | None = None,
+    def produce(self, topic: str, value: bytes | None, key: bytes | None = None, partition: int = -1,
                 headers: list[tuple[str, bytes]] | None = None) -> None:
-        """Queue one output record (in the open transaction in exactly-once mode)."""
-        kwargs: dict[str, Any] = {"value": value, "key": key}
-        if partition is not None:
-            kwargs["partition"] = partition
-        if headers:
-            kwargs["headers"] = headers
+        """Queue one output record (in the open transaction in exactly-once mode).
+
+        ``partition=-1`` lets the partitioner choose (by key).
+        """
         while True:
             try:
-                self.producer.produce(topic, **kwargs)
+                self.producer.produce(topic, value, key, partition, headers=headers)
                 return
-            except BufferError:
+            except BufferError:  # the local queue is full: serve deliveries, then retry
                 self.producer.poll(0.05)
+
+    def _produce_all(self, records: Iterable[tuple[str, int, bytes, bytes | None]]) -> None:
+        produce = self.producer.produce
+        for topic, partition, key, value in records:
+            try:
+                produce(topic, value, key, partition)
+            except BufferError:
+                self.produce(topic, value, key, partition)
 
     def commit(self, offsets: Mapping[tuple[str, int], int],
                changelog: Iterable[tuple[str, int, bytes, bytes | None]]) -> None:
@@ -190,8 +196,7 @@ class GroupIO:
         ``changelog`` yields ``(topic, partition, key, value_or_None)``.
         """
         if self.mode == "exactly_once":
-            for topic, partition, key, value in changelog:  # step 2 (step 1: outputs already in the txn)
-                self.produce(topic, value, key, partition)
+            self._produce_all(changelog)  # step 2 (step 1: the outputs are already in the txn)
             if offsets:  # step 3
                 self.producer.send_offsets_to_transaction(
                     [TopicPartition(t, p, o) for (t, p), o in offsets.items()],
@@ -201,8 +206,7 @@ class GroupIO:
             self.producer.begin_transaction()
             return
         self._flush()  # step 1
-        for topic, partition, key, value in changelog:  # step 2
-            self.produce(topic, value, key, partition)
+        self._produce_all(changelog)  # step 2
         self._flush()
         if offsets:  # steps 3 + 4
             self.consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],

@@ -1,0 +1,149 @@
+"""Joiner throughput against a raw consume+decode loop, measured in the same run.
+
+    python loadtest/joiner_throughput.py [--events 200000] [--bootstrap HOST:PORT]
+
+Produces N events and labels (70% labelled) in event-time order to a fresh topology on
+the embedded broker (or --bootstrap), then measures on the same records:
+
+1. baseline: assign() + consume(num_messages=10000) + decode_events/decode_labels;
+2. the joiner worker (at-least-once on the embedded broker, with ``tune_gc()`` as
+   ``ct-stream run`` does), from its first record until every input record is committed.
+
+Prints records/s for both and their ratio (goal: joiner >= 0.5x baseline). Then the
+memory check: RSS growth of the pure joiner holding 1,000,000 pending events (goal
+<= 300 MB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ct_stream.join import Input, PartitionJoiner  # noqa: E402
+from ct_stream.kafka.broker import EmbeddedBroker  # noqa: E402
+from ct_stream.kafka.clients import DeliveryTracker, make_producer, read_range  # noqa: E402
+from ct_stream.records import Event, decode_events, decode_labels  # noqa: E402
+from ct_stream.runtime import tune_gc  # noqa: E402
+from ct_stream.runtime.joiner import JoinerWorker  # noqa: E402
+from ct_stream.synthetic import generate  # noqa: E402
+from ct_stream.topology import JoinSpec, Topology  # noqa: E402
+
+
+def rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+def produce(bootstrap: str, topology: Topology, n: int) -> tuple[DeliveryTracker, int]:
+    data = generate(topology, n, seed=11, events_per_second=5000, label_fraction=0.7, max_delay=5.0)
+    tracker = DeliveryTracker()
+    producer = make_producer(bootstrap, on_delivery=tracker)
+    stream = data.in_time_order()
+    for kind, key, value in stream:
+        topic = topology.events_topic if kind == "event" else topology.labels_topic
+        while True:
+            try:
+                producer.produce(topic, value=value, key=key)
+                break
+            except BufferError:
+                producer.poll(0.05)
+    producer.flush(120)
+    assert tracker.failed == 0, tracker.first_error
+    return tracker, len(stream)
+
+
+def baseline(bootstrap: str, topology: Topology, tracker: DeliveryTracker) -> tuple[int, float]:
+    schema = topology.record_schema
+    n = 0
+    started = time.perf_counter()
+    for topic, decode in ((topology.events_topic, decode_events), (topology.labels_topic, decode_labels)):
+        for batch in read_range(bootstrap, topic, *tracker.offsets(topic)):
+            decode([m.value() for m in batch], schema, [m.timestamp()[1] for m in batch])
+            n += len(batch)
+    return n, time.perf_counter() - started
+
+
+def joiner(bootstrap: str, topology: Topology, tracker: DeliveryTracker) -> tuple[int, float]:
+    tune_gc()  # as `ct-stream run` does
+    worker = JoinerWorker(topology, bootstrap, mode="at_least_once")
+    worker.setup()
+    ends = {}
+    for topic in (topology.events_topic, topology.labels_topic):
+        for p, end in tracker.offsets(topic)[1].items():
+            ends[(topic, p)] = end
+    stop = threading.Event()
+    started = None
+    while not stop.is_set():
+        worker.step()
+        if started is None and worker._offsets:
+            started = time.perf_counter()
+        if all(worker._offsets.get(tp, 0) >= end for tp, end in ends.items()):
+            worker.commit()
+            break
+    elapsed = time.perf_counter() - (started or time.perf_counter())
+    worker.close()
+    return sum(ends.values()), elapsed
+
+
+def memory(pending: int) -> int:
+    spec = JoinSpec(max_label_delay="30d", grace="1m", max_pending=pending + 1, default_label=False)
+    j = PartitionJoiner(0, spec)
+    gc.collect()
+    before = rss_bytes()
+    chunk = 10_000
+    for start in range(0, pending, chunk):
+        inputs = [Input("event", Event(id=f"e{i}", ts=1_700_000_000.0 + i * 0.001,
+                                       features={"x": 0.5, "n": 3, "flag": True, "c": "a"}), i)
+                  for i in range(start, min(start + chunk, pending))]
+        j.process(inputs)
+    gc.collect()
+    assert j.pending_events == pending
+    return rss_bytes() - before
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=int, default=200_000)
+    ap.add_argument("--pending", type=int, default=1_000_000)
+    ap.add_argument("--bootstrap", default=None)
+    args = ap.parse_args()
+    name = f"bench-{uuid.uuid4().hex[:6]}"
+    topology = Topology(name=name, events_topic=f"{name}.events", labels_topic=f"{name}.labels",
+                        features={"x": "float", "n": "int", "flag": "bool", "c": "str"}, label_type="binary",
+                        partitions=3, join={"max_label_delay": "10s", "grace": "2s", "commit_interval": "1s"})
+    broker = None
+    bootstrap = args.bootstrap
+    if bootstrap is None:
+        broker = EmbeddedBroker().start()
+        bootstrap = broker.bootstrap
+    try:
+        from ct_stream.kafka.clients import TopicSpec, ensure_topics
+
+        ensure_topics(bootstrap, [TopicSpec(t, 3) for t in (topology.events_topic, topology.labels_topic)])
+        tracker, total = produce(bootstrap, topology, args.events)
+        print(f"produced {total} records ({args.events} events + labels)")
+        n_base, t_base = baseline(bootstrap, topology, tracker)
+        n_join, t_join = joiner(bootstrap, topology, tracker)
+    finally:
+        if broker is not None:
+            broker.stop()
+    base_rate, join_rate = n_base / t_base, n_join / t_join
+    print(f"baseline consume+decode: {n_base} records in {t_base:.2f} s = {base_rate:,.0f} records/s")
+    print(f"joiner (at-least-once):  {n_join} records in {t_join:.2f} s = {join_rate:,.0f} records/s")
+    print(f"ratio joiner/baseline:   {join_rate / base_rate:.2f} (goal >= 0.5)")
+    growth = memory(args.pending)
+    print(f"RSS growth with {args.pending:,} pending events: {growth / 1e6:,.0f} MB (goal <= 300 MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
