@@ -55,3 +55,13 @@ def test_undecodable_records_pass_at_once_keeping_offset_order():
     assert [x for _, x in m.take()] == ["l"]
     m.mark_end("label")
     assert [x for _, x in m.take()] == ["e", "bad2"]
+
+
+def test_waiting_for_names_the_topic_that_holds_the_other_back():
+    m = PartitionMerger()
+    assert m.waiting_for() is None
+    m.add("event", [(1.0, "e")])
+    assert m.waiting_for() == "label"
+    m.mark_end("label")
+    assert m.waiting_for() is None
+    assert m.take() == [("event", "e")]

@@ -59,6 +59,15 @@ class PartitionMerger:
         queue is empty, the other topic's records need not wait for it."""
         self._at_end[kind] = True
 
+    def waiting_for(self) -> Kind | None:
+        """The topic whose records the other topic's buffered records wait for, if any."""
+        events, labels = self._queues["event"], self._queues["label"]
+        if events and not labels and not self._at_end["label"]:
+            return "label"
+        if labels and not events and not self._at_end["event"]:
+            return "event"
+        return None
+
     def buffered(self, kind: Kind) -> int:
         """Records of ``kind`` waiting."""
         return len(self._queues[kind])

@@ -120,11 +120,13 @@ class GroupIO:
         self.consumer.subscribe(list(topics), on_assign=self._assigned, on_revoke=self._revoked,
                                 on_lost=self._revoked)
         self.assignment: set[tuple[str, int]] = set()
+        self._start_offsets: dict[tuple[str, int], int] = {}
 
     # Rebalance ---------------------------------------------------------------------------
     def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps = [(tp.topic, tp.partition) for tp in partitions]
         self.assignment.update(tps)
+        self._start_offsets.clear()
         if self._on_assign is not None:
             self._on_assign(tps)
 
@@ -151,6 +153,31 @@ class GroupIO:
             else:
                 log.warning("consumer error: %s", err)
         return out, at_end
+
+    def at_end(self, topic: str, partition: int) -> bool:
+        """True when this consumer has been handed every record up to the high watermark
+        of the partition's last fetch.
+
+        Before the first record of an assignment librdkafka has no position for the
+        partition; then the group's committed offset (where consumption started) stands
+        in for it, asked of the broker once per assignment.
+        """
+        tp = TopicPartition(topic, partition)
+        position = self.consumer.position([tp])[0].offset
+        if position < 0:
+            position = self._start_offsets.get((topic, partition), -1)
+            if position < 0:
+                try:
+                    position = self.consumer.committed([tp], timeout=5)[0].offset
+                except KafkaException:
+                    return False
+                if position >= 0:
+                    self._start_offsets[(topic, partition)] = position
+        try:
+            _, high = self.consumer.get_watermark_offsets(tp, cached=True)
+        except KafkaException:
+            return False
+        return position >= 0 and high >= 0 and position >= high
 
     def lag(self) -> dict[tuple[str, int], int]:
         """Records between the consumer's position and the partition end, per owned partition."""

@@ -165,6 +165,7 @@ class JoinerWorker:
         msgs, at_end = self.io.poll(self.max_batch, timeout=0.1)
         if msgs or at_end:
             self._process(msgs, at_end)
+        self._unblock()
         now = self.clock()
         if now - self._last_tick >= 1.0:
             self._tick(now)
@@ -206,6 +207,22 @@ class JoinerWorker:
                 touched.add(p)
         for p in touched:
             self._release(p)
+
+    def _unblock(self) -> None:
+        """Release records that wait for a topic which has nothing more to give.
+
+        End-of-partition events alone are not enough: librdkafka reports the end of a
+        partition once per offset, so a partition assigned again to this consumer at the
+        same offset (a rebalance) is never reported at its end again. The consumer's
+        position against the last fetch's high watermark says the same thing, locally.
+        """
+        assert self.io is not None
+        t = self.t
+        for p, merger in self._mergers.items():
+            kind = merger.waiting_for()
+            if kind is not None and self.io.at_end(t.events_topic if kind == "event" else t.labels_topic, p):
+                merger.mark_end(kind)
+                self._release(p)
 
     def _tick(self, now: float) -> None:
         """Idle watermark advance, for partitions with nothing held back: a partition
