@@ -78,6 +78,7 @@ the injected ``clock``.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
 import time
@@ -124,6 +125,22 @@ _CORRECTED = "corrected"
 _DROPPED = "dropped"
 _DEAD_LETTERED = "dlq"
 _DONE_STATES = frozenset((_JOINED, _EXPIRED, _CORRECTED, _DROPPED, _DEAD_LETTERED))
+
+# In an event entry in place of the feature values: the event's feature names differ from
+# the joiner's, so the entry keeps the features dict itself (see PartitionJoiner).
+_OWN_NAMES = object()
+
+
+def _event_codec(names: tuple[str, ...]) -> tuple[Callable[..., tuple[Any, ...]], Callable[[tuple[Any, ...]], dict[str, Any]]]:
+    """``(pack, unpack)`` for event entries with the feature ``names`` (str): ``pack(id, ts,
+    offset, served_version, prediction, features)`` is the entry (``KeyError`` when a name
+    is missing) and ``unpack(entry)`` its features dict. Generated code (the names are
+    ``repr``'d literals): about 3x faster than ``dict(zip(names, entry[5:]))``."""
+    got = "".join(f"f[{n!r}], " for n in names)
+    put = ", ".join(f"{n!r}: e[{5 + k}]" for k, n in enumerate(names))
+    pack = eval(f"lambda i, ts, offset, sv, pred, f: (i, ts, offset, sv, pred, {got})")  # noqa: S307
+    unpack = eval(f"lambda e: {{{put}}}")  # noqa: S307
+    return pack, unpack
 
 
 class Input(NamedTuple):
@@ -216,6 +233,14 @@ class PartitionJoiner:
     [('label', 2, 'late')]
     >>> j.watermark, j.pending_events, j.counts["joined"], j.counts["corrections"]
     (112.0, 1, 1, 1)
+
+    Memory: a pending record is one flat tuple (an *entry*), shared by the id map, the
+    deadline wheel and the change log; the decoded :class:`Event` and its features dict
+    are not kept. An event entry is ``(id, ts, offset, served_version, prediction,
+    *feature values)``, the values in the order of the joiner's feature names (those of
+    the first event; an event with other names keeps its dict:
+    ``(..., prediction, _OWN_NAMES, features)``); the features dict of an example is
+    rebuilt when it is emitted. A label entry is ``(id, ts, offset, label)``.
     """
 
     def __init__(self, partition: int, spec: JoinSpec, *, clock: Callable[[], float] = time.monotonic) -> None:
@@ -232,16 +257,33 @@ class PartitionJoiner:
         self._max_ts = _NEG_INF
         self._idle_wm = _NEG_INF
         self._wm = _NEG_INF
+        # Arrival sequence number of the next pending entry (events and labels).
         self._seq = 0
-        # id -> (record, offset, seq); an id is in at most one of the three maps.
-        self._events: dict[str, tuple[Event, int, int]] = {}
-        self._labels: dict[str, tuple[Label, int, int]] = {}
-        # id -> (state, event_ts, event or None, event offset or None); the event is
-        # kept only for an expired negative (state _EXPIRED), to build a correction.
-        self._done: dict[str, tuple[str, float, Event | None, int | None]] = {}
-        # (deadline, seq, id, kind) of pending entries, lazily deleted: an entry whose
-        # map value is gone or has another seq is stale.
-        self._heap: list[tuple[float, int, str, str]] = []
+        # The feature names of event entries (see the class docstring), set by the first
+        # event, and their codec (_event_codec).
+        self._names: tuple[str, ...] | None = None
+        self._pack: Callable[..., tuple[Any, ...]] | None = None
+        self._unpack: Callable[[tuple[Any, ...]], dict[str, Any]] | None = None
+        # id -> entry; an id is in at most one of the three maps.
+        self._events: dict[str, tuple[Any, ...]] = {}
+        self._labels: dict[str, tuple[Any, ...]] = {}
+        # id -> (state, event_ts, event entry or None); the event entry is kept only for
+        # an expired negative (state _EXPIRED), to build a correction.
+        self._done: dict[str, tuple[str, float, tuple[Any, ...] | None]] = {}
+        # The deadline wheel: pending entries by deadline (ts + max_label_delay), in time
+        # buckets of max_label_delay / 8, each bucket in arrival order; bucket
+        # k = floor(deadline * _scale) (monotone in the deadline, so equal deadlines
+        # share a bucket). The front holds every entry of the buckets <= _front_k,
+        # sorted by (deadline, arrival) from _front_pos on (a stable sort of a bucket
+        # keeps arrival order among equal deadlines: no sequence number is stored); the
+        # later buckets wait in _wheel, their keys in the heap _wheel_keys. Entries are
+        # deleted lazily: one no longer held by _events/_labels (joined) is stale.
+        self._scale = 8 / self._delay
+        self._wheel: dict[int, list[tuple[Any, ...]]] = {}
+        self._wheel_keys: list[int] = []
+        self._front: list[tuple[Any, ...]] = []
+        self._front_pos = 0
+        self._front_k: float = _NEG_INF
         self._stale = 0
         # The done memory is forgotten logically (an entry with event_ts + horizon below
         # the watermark is treated as absent) and cleaned physically by time bucket:
@@ -250,7 +292,11 @@ class PartitionJoiner:
         self._bucket_width = self._delay / 8
         self._buckets: dict[int, list[str]] = {}
         self._bucket_heap: list[int] = []
-        self._dirty: set[str] = set()
+        # The change log since the last drain, in order: an id whose state changed, or
+        # the entry of a new pending record (its sequence number is _log_seq + the number
+        # of entries before it in the log).
+        self._log: list[str | tuple[Any, ...]] = []
+        self._log_seq = 0
         self._drained_meta: tuple[float, float, int] = (_NEG_INF, _NEG_INF, 0)
         self._last_arrival = clock()
         self._label_delays: list[float] = []
@@ -302,14 +348,17 @@ class PartitionJoiner:
             return out
         self._last_arrival = self._clock()
         examples = out.examples
-        events, labels, done, dirty = self._events, self._labels, self._done, self._dirty
-        heap, bucket_heap = self._heap, self._bucket_heap
+        events, labels, done = self._events, self._labels, self._done
+        log = self._log.append
+        front, wheel, wheel_keys, bucket_heap = self._front, self._wheel, self._wheel_keys, self._bucket_heap
         delays = self._label_delays
         delay, grace, horizon, partition = self._delay, self._grace, self._horizon, self.partition
-        push = heapq.heappush
+        scale, floor = self._scale, math.floor
         buckets, width = self._buckets, self._bucket_width
         wm = self._wm
+        front_k = self._front_k
         clean_below = self._clean_below(wm)
+        pack, unpack, n_names = self._pack, self._unpack, len(self._names or ())
         n_events = n_labels = n_joined = n_corrections = dup_events = dup_labels = 0
         for kind, rec, offset in inputs:
             ts = rec.ts
@@ -334,6 +383,7 @@ class PartitionJoiner:
                     clean_below = wm / width - 1  # == self._clean_below(wm)
             # 3. the record
             i = rec.id
+            entry: tuple[Any, ...] | None = None  # a new pending entry
             if kind == "event":
                 if i in events:
                     dup_events += 1
@@ -346,54 +396,62 @@ class PartitionJoiner:
                             del done[i]
                         pl = labels.pop(i, None)
                         if pl is None:
-                            seq = self._seq
-                            self._seq = seq + 1
-                            events[i] = (rec, offset, seq)  # type: ignore[assignment]
-                            push(heap, (ts + delay, seq, i, "event"))
+                            feats = rec.features  # type: ignore[union-attr]
+                            if pack is None:
+                                self._learn_names(feats)
+                                pack, unpack, n_names = self._pack, self._unpack, len(self._names or ())
+                            entry = None
+                            if len(feats) == n_names:
+                                try:  # == self._event_entry(...)
+                                    entry = pack(i, ts, offset, rec.served_version, rec.prediction, feats)  # type: ignore[misc, union-attr]
+                                except KeyError:
+                                    pass
+                            if entry is None:
+                                entry = (i, ts, offset, rec.served_version, rec.prediction,  # type: ignore[union-attr]
+                                         _OWN_NAMES, feats)
+                            events[i] = entry
                         else:
-                            lab = pl[0]
-                            examples.append(Example(i, ts, lab.ts, lab.label, "joined", rec.served_version,  # type: ignore[union-attr]
+                            examples.append(Example(i, ts, pl[1], pl[3], "joined", rec.served_version,  # type: ignore[union-attr]
                                                     rec.prediction, partition, offset, rec.features))  # type: ignore[union-attr]
-                            delays.append(lab.ts - ts)
+                            delays.append(pl[1] - ts)
                             n_joined += 1
                             self._stale += 1
-                            done[i] = (_JOINED, ts, None, None)  # == self._remember(...)
+                            done[i] = (_JOINED, ts, None)  # == self._remember(...)
                             k = int((ts + horizon) // width)
                             bucket = buckets.get(k)
                             if bucket is None:
                                 self._bucket(i, k)
                             else:
                                 bucket.append(i)
-                        dirty.add(i)
+                            log(i)
             else:
                 pe = events.pop(i, None)
                 if pe is not None:
-                    ev, ev_offset, _ = pe
-                    ev_ts = ev.ts
-                    examples.append(Example(i, ev_ts, ts, rec.label, "joined", ev.served_version,  # type: ignore[union-attr]
-                                            ev.prediction, partition, ev_offset, ev.features))
+                    ev_ts = pe[1]
+                    feats = pe[6] if len(pe) == 7 and pe[5] is _OWN_NAMES else unpack(pe)  # == self._features(pe)
+                    examples.append(Example(i, ev_ts, ts, rec.label, "joined", pe[3], pe[4],  # type: ignore[union-attr]
+                                            partition, pe[2], feats))
                     delays.append(ts - ev_ts)
                     n_joined += 1
                     self._stale += 1
-                    done[i] = (_JOINED, ev_ts, None, None)  # == self._remember(...)
+                    done[i] = (_JOINED, ev_ts, None)  # == self._remember(...)
                     k = int((ev_ts + horizon) // width)
                     bucket = buckets.get(k)
                     if bucket is None:
                         self._bucket(i, k)
                     else:
                         bucket.append(i)
-                    dirty.add(i)
+                    log(i)
                 else:
                     d = done.get(i)
                     if d is not None and d[1] + horizon >= forget_wm:
                         if d[0] == _EXPIRED:
-                            ev = d[2]  # type: ignore[assignment]
+                            e = d[2]
                             examples.append(Example(i, d[1], ts, rec.label, "correction",  # type: ignore[union-attr]
-                                                    ev.served_version, ev.prediction, partition, d[3],  # type: ignore[arg-type]
-                                                    ev.features))
+                                                    e[3], e[4], partition, e[2], self._features(e)))  # type: ignore[index]
                             n_corrections += 1
-                            done[i] = (_CORRECTED, d[1], None, None)
-                            dirty.add(i)
+                            done[i] = (_CORRECTED, d[1], None)
+                            log(i)
                         else:
                             dup_labels += 1
                     elif i in labels:
@@ -401,14 +459,29 @@ class PartitionJoiner:
                     else:
                         if d is not None:  # past the horizon: forgotten, the id is new again
                             del done[i]
-                        seq = self._seq
-                        self._seq = seq + 1
-                        labels[i] = (rec, offset, seq)  # type: ignore[assignment]
-                        push(heap, (ts + delay, seq, i, "label"))
-                        dirty.add(i)
-            # 4. expiry
-            if (heap and heap[0][0] < wm) or (bucket_heap and bucket_heap[0] < clean_below):
+                        entry = (i, ts, offset, rec.label)  # type: ignore[union-attr]
+                        labels[i] = entry
+            if entry is not None:  # == self._add_pending(entry)
+                self._seq += 1
+                log(entry)
+                k = floor((ts + delay) * scale)
+                if k > front_k:
+                    wheel_bucket = wheel.get(k)
+                    if wheel_bucket is None:
+                        wheel[k] = [entry]
+                        heapq.heappush(wheel_keys, k)
+                    else:
+                        wheel_bucket.append(entry)
+                else:
+                    self._to_front(entry)
+            # 4. expiry (a stale entry at the front only costs an early look; the next
+            # wheel bucket k may hold a deadline < wm when k <= floor(wm * scale), i.e.
+            # k <= wm * scale)
+            pos = self._front_pos
+            if (front[pos][1] + delay < wm if pos < len(front) else (wheel_keys and wheel_keys[0] <= wm * scale)) \
+                    or (bucket_heap and bucket_heap[0] < clean_below):
                 self._expire(out)
+                front_k = self._front_k
         counts = self.counts
         counts["events"] += n_events
         counts["labels"] += n_labels
@@ -416,7 +489,7 @@ class PartitionJoiner:
         counts["corrections"] += n_corrections
         counts["duplicate_events"] += dup_events
         counts["duplicate_labels"] += dup_labels
-        if self._stale > 1024 and 2 * self._stale > len(heap):
+        if self._stale > 1024 and self._stale > self.pending:
             self._compact()
         return out
 
@@ -442,33 +515,111 @@ class PartitionJoiner:
 
     def oldest_deadline(self) -> float | None:
         """The smallest deadline among pending events and labels, or ``None``."""
-        heap = self._heap
-        while heap and not self._is_live(heap[0]):
-            heapq.heappop(heap)
-            self._stale -= 1
-        return heap[0][0] if heap else None
+        e = self._peek()
+        return None if e is None else e[1] + self._delay
 
     def expire_oldest(self, n: int) -> JoinOutput:
         """Expire up to ``n`` pending entries early, smallest deadline first (for
         capacity): events under the policy, labels as ``unknown_id``; each is also
         counted in ``capacity_expired``."""
         out = JoinOutput()
-        heap = self._heap
-        while n > 0 and heap:
-            entry = heapq.heappop(heap)
-            if not self._is_live(entry):
-                self._stale -= 1
-                continue
-            self._expire_entry(entry, out, capacity=True)
+        while n > 0:
+            e = self._peek()
+            if e is None:
+                break
+            self._front_pos += 1
+            self._expire_entry(e, out, capacity=True)
             self.counts["capacity_expired"] += 1
             n -= 1
+        self._trim_front()
         return out
 
     # Internals ---------------------------------------------------------------------
-    def _is_live(self, entry: tuple[float, int, str, str]) -> bool:
-        _, seq, i, kind = entry
-        held = (self._events if kind == "event" else self._labels).get(i)
-        return held is not None and held[2] == seq
+    def _features(self, e: tuple[Any, ...]) -> dict[str, Any]:
+        """The features dict of event entry ``e`` (a new dict unless the entry kept its own)."""
+        if len(e) == 7 and e[5] is _OWN_NAMES:
+            return e[6]  # type: ignore[no-any-return]
+        return self._unpack(e)  # type: ignore[misc]
+
+    def _learn_names(self, features: dict[str, Any]) -> None:
+        """Take the feature names of ``features`` as the joiner's (if they are all str)."""
+        names = tuple(features)
+        if self._pack is None and all(type(n) is str for n in names):
+            self._names = names
+            self._pack, self._unpack = _event_codec(names)
+
+    def _event_entry(self, i: str, ts: float, offset: int, features: dict[str, Any],
+                     served_version: int | None, prediction: float | str | None) -> tuple[Any, ...]:
+        """The entry of a pending event (what :meth:`process` builds inline)."""
+        if self._pack is None:
+            self._learn_names(features)
+        if self._pack is not None and len(features) == len(self._names):  # type: ignore[arg-type]
+            try:
+                return self._pack(i, ts, offset, served_version, prediction, features)
+            except KeyError:
+                pass
+        return (i, ts, offset, served_version, prediction, _OWN_NAMES, features)
+
+    def _add_pending(self, e: tuple[Any, ...]) -> None:
+        """Schedule the new pending entry ``e`` (the latest arrival; already in its map)."""
+        self._seq += 1
+        self._log.append(e)
+        k = math.floor((e[1] + self._delay) * self._scale)
+        if k > self._front_k:
+            bucket = self._wheel.get(k)
+            if bucket is None:
+                self._wheel[k] = [e]
+                heapq.heappush(self._wheel_keys, k)
+            else:
+                bucket.append(e)
+        else:
+            self._to_front(e)
+
+    def _to_front(self, e: tuple[Any, ...]) -> None:
+        """Put the new entry ``e`` (the latest arrival) in its place in the front: after
+        every entry with a deadline <= its own."""
+        front, delay = self._front, self._delay
+        deadline = e[1] + delay
+        if self._front_pos >= len(front) or front[-1][1] + delay <= deadline:
+            front.append(e)
+        else:
+            bisect.insort_right(front, e, lo=self._front_pos, key=lambda x: x[1] + delay)
+
+    def _peek(self, wm: float | None = None) -> tuple[Any, ...] | None:
+        """The live pending entry with the smallest (deadline, arrival), or ``None``;
+        stale entries before it are dropped. When the front is used up the next wheel
+        bucket moves there; with ``wm``, only a bucket ``k <= floor(wm * scale)`` (i.e.
+        ``k <= wm * scale``): a later bucket holds no deadline below ``wm``."""
+        front, events, labels = self._front, self._events, self._labels
+        pos = self._front_pos
+        while True:
+            n = len(front)
+            while pos < n:
+                e = front[pos]
+                i = e[0]
+                if events.get(i) is e or labels.get(i) is e:
+                    self._front_pos = pos
+                    return e
+                pos += 1
+                self._stale -= 1
+            front.clear()
+            pos = self._front_pos = 0
+            keys = self._wheel_keys
+            if not keys or (wm is not None and keys[0] > wm * self._scale):
+                return None
+            k = heapq.heappop(keys)
+            bucket = self._wheel.pop(k)
+            delay = self._delay
+            bucket.sort(key=lambda x: x[1] + delay)  # stable: arrival order among equal deadlines
+            front.extend(bucket)
+            self._front_k = k
+
+    def _trim_front(self) -> None:
+        """Release the front's consumed slots once they are most of it."""
+        pos = self._front_pos
+        if pos > 1024 and 2 * pos > len(self._front):
+            del self._front[:pos]
+            self._front_pos = 0
 
     def _late(self, kind: str, rec: Event | Label, offset: int, out: JoinOutput) -> None:
         self.counts["late"] += 1
@@ -480,18 +631,28 @@ class PartitionJoiner:
     def _expire(self, out: JoinOutput) -> None:
         """Step 4: expire pending entries, then forget done entries, with deadline < watermark."""
         wm = self._wm
-        heap = self._heap
-        pop = heapq.heappop
-        while heap and heap[0][0] < wm:
-            entry = pop(heap)
-            if self._is_live(entry):
-                self._expire_entry(entry, out, capacity=False)
-            else:
-                self._stale -= 1
+        if wm == _NEG_INF:
+            return
+        delay, front, events, labels = self._delay, self._front, self._events, self._labels
+        while True:
+            pos = self._front_pos
+            if pos < len(front):
+                e = front[pos]
+                if not e[1] + delay < wm:  # the front is sorted: nothing after e is due either
+                    break
+                self._front_pos = pos + 1
+                if events.get(e[0]) is e or labels.get(e[0]) is e:
+                    self._expire_entry(e, out, capacity=False)
+                else:
+                    self._stale -= 1
+            elif self._peek(wm) is None:  # moves the next due wheel bucket to the front
+                break
+        self._trim_front()
         bucket_heap = self._bucket_heap
         clean_below = self._clean_below(wm)
         if bucket_heap and bucket_heap[0] < clean_below:
-            done, horizon, width, dirty = self._done, self._horizon, self._bucket_width, self._dirty
+            done, horizon, width, log = self._done, self._horizon, self._bucket_width, self._log
+            pop = heapq.heappop
             while bucket_heap and bucket_heap[0] < clean_below:
                 k = pop(bucket_heap)
                 for i in self._buckets.pop(k):
@@ -500,7 +661,7 @@ class PartitionJoiner:
                         continue
                     if d[1] + horizon < wm:
                         del done[i]
-                        dirty.add(i)
+                        log.append(i)
                     elif int((d[1] + horizon) // width) <= k:
                         # float rounding at a bucket edge: look again with the next bucket
                         # (an id re-used after it was forgotten is already in its own bucket)
@@ -510,7 +671,7 @@ class PartitionJoiner:
         """Bucket ``k`` is past the horizon when ``k < wm / width - 1``, i.e. ``(k + 1) * width < wm``."""
         return wm / self._bucket_width - 1
 
-    def _remember(self, i: str, entry: tuple[str, float, Event | None, int | None]) -> None:
+    def _remember(self, i: str, entry: tuple[str, float, tuple[Any, ...] | None]) -> None:
         """Put ``i`` in the done memory (replacing a forgotten entry, if any)."""
         self._done[i] = entry
         self._bucket(i, int((entry[1] + self._horizon) // self._bucket_width))
@@ -523,43 +684,49 @@ class PartitionJoiner:
         else:
             bucket.append(i)
 
-    def _expire_entry(self, entry: tuple[float, int, str, str], out: JoinOutput, *, capacity: bool) -> None:
-        """Expire one live pending entry (popped from the heap)."""
-        _, _, i, kind = entry
+    def _expire_entry(self, e: tuple[Any, ...], out: JoinOutput, *, capacity: bool) -> None:
+        """Expire the live pending entry ``e`` (already taken off the front)."""
+        i, ts, offset = e[0], e[1], e[2]
         counts = self.counts
-        self._dirty.add(i)
+        self._log.append(i)
         why = "max_pending reached: expired early" if capacity else \
             f"no match within max_label_delay {self._delay!r}s"
-        if kind == "label":
-            lab, offset, _ = self._labels.pop(i)
+        if self._events.get(i) is not e:
+            del self._labels[i]
             counts["unknown_id"] += 1
             out.dead_letters.append(DeadLetter("label", self.partition, offset, Reason.UNKNOWN_ID,
-                                               f"label {i!r}: no event; {why}", lab))
+                                               f"label {i!r}: no event; {why}", Label(i, ts, e[3])))
             return
-        ev, offset, _ = self._events.pop(i)
+        del self._events[i]
         policy = self._policy
+        kept = None
         if policy == "negative":
             counts["expired"] += 1
-            out.examples.append(Example(i, ev.ts, None, self._default_label, "expired", ev.served_version,
-                                        ev.prediction, self.partition, offset, ev.features))
-            state, kept = _EXPIRED, ev
+            out.examples.append(Example(i, ts, None, self._default_label, "expired", e[3], e[4],
+                                        self.partition, offset, self._features(e)))
+            state, kept = _EXPIRED, e
         elif policy == "drop":
             counts["expired_dropped"] += 1
-            state, kept = _DROPPED, None
+            state = _DROPPED
         else:
             counts["expired_dlq"] += 1
             out.dead_letters.append(DeadLetter("event", self.partition, offset, Reason.EXPIRED,
-                                               f"event {i!r}: no label; {why}", ev))
-            state, kept = _DEAD_LETTERED, None
-        self._remember(i, (state, ev.ts, kept, offset if kept is not None else None))
+                                               f"event {i!r}: no label; {why}",
+                                               Event(i, ts, self._features(e), e[3], e[4])))
+            state = _DEAD_LETTERED
+        self._remember(i, (state, ts, kept))
 
     def _compact(self) -> None:
-        """Rebuild the pending heap without its stale entries (amortised O(1) per join)."""
-        delay = self._delay
-        heap = [(ev.ts + delay, seq, i, "event") for i, (ev, _, seq) in self._events.items()]
-        heap += [(lab.ts + delay, seq, i, "label") for i, (lab, _, seq) in self._labels.items()]
-        heapq.heapify(heap)
-        self._heap[:] = heap
+        """Drop the stale entries from the wheel (amortised O(1) per join)."""
+        events, labels = self._events, self._labels
+
+        def held(e: tuple[Any, ...]) -> bool:
+            return events.get(e[0]) is e or labels.get(e[0]) is e
+
+        for bucket in self._wheel.values():
+            bucket[:] = [e for e in bucket if held(e)]
+        self._front[:] = [e for e in self._front[self._front_pos:] if held(e)]
+        self._front_pos = 0
         self._stale = 0
 
     # Changelog ---------------------------------------------------------------------
@@ -568,21 +735,30 @@ class PartitionJoiner:
 
         One entry per changed id (its current state; ``None`` when the joiner no longer
         holds it), plus :data:`META_KEY` when the watermark state or the sequence
-        counter changed. Drain regularly: the set of changed ids grows until drained.
+        counter changed. Drain regularly: the change log grows until drained (and holds
+        the entries of records that stopped pending since).
         """
+        seq = self._log_seq
+        created: dict[str, int] = {}  # id -> sequence number of its latest new pending entry
+        changed: dict[str, None] = {}
+        for c in self._log:
+            if type(c) is tuple:
+                created[c[0]] = seq
+                seq += 1
+                changed[c[0]] = None
+            else:
+                changed[c] = None  # type: ignore[index]
         changes: dict[str, bytes | None] = {}
         events, labels, done, dumps = self._events, self._labels, self._done, orjson.dumps
-        for i in self._dirty:
+        for i in changed:
             key = "\x00" + i if i[:1] == "\x00" else i  # ids never collide with META_KEY
             e = events.get(i)
-            if e is not None:
-                ev = e[0]
-                changes[key] = dumps(["e", e[2], e[1], ev.ts, ev.features, ev.served_version, ev.prediction])
+            if e is not None:  # pending now, so its latest new entry is this one
+                changes[key] = dumps(["e", created[i], e[2], e[1], self._features(e), e[3], e[4]])
                 continue
-            lb = labels.get(i)
-            if lb is not None:
-                lab = lb[0]
-                changes[key] = dumps(["l", lb[2], lb[1], lab.ts, lab.label])
+            e = labels.get(i)
+            if e is not None:
+                changes[key] = dumps(["l", created[i], e[2], e[1], e[3]])
                 continue
             d = done.get(i)
             if d is None:
@@ -590,9 +766,10 @@ class PartitionJoiner:
             elif d[2] is None:
                 changes[key] = dumps(["d", d[0], d[1]])
             else:
-                ev = d[2]
-                changes[key] = dumps(["d", d[0], d[1], d[3], ev.features, ev.served_version, ev.prediction])
-        self._dirty = set()
+                e = d[2]
+                changes[key] = dumps(["d", d[0], d[1], e[2], self._features(e), e[3], e[4]])
+        self._log = []
+        self._log_seq = self._seq
         meta = (self._max_ts, self._idle_wm, self._seq)
         if meta != self._drained_meta:
             changes[META_KEY] = dumps({"max_ts": _enc_float(meta[0]), "idle_watermark": _enc_float(meta[1]),
@@ -610,8 +787,8 @@ class PartitionJoiner:
         for key, value in entries:
             latest[key] = value
         j = cls(partition, spec, clock=clock)
-        delay = j._delay
-        max_seq = -1
+        pending: list[tuple[int, str, tuple[Any, ...]]] = []  # (seq, kind, entry)
+        seq_counter = 0
         for key, value in latest.items():
             if value is None:
                 continue
@@ -620,34 +797,36 @@ class PartitionJoiner:
                 if key == META_KEY:
                     j._max_ts = _dec_float(v["max_ts"])
                     j._idle_wm = _dec_float(v["idle_watermark"])
-                    j._seq = int(v["seq"])
+                    seq_counter = int(v["seq"])
                     continue
                 i = key[1:] if key.startswith("\x00") else key
                 tag = v[0]
                 if tag == "d" and v[1] in _DONE_STATES:
                     state, event_ts = v[1], float(v[2])
                     if state == _EXPIRED:
-                        j._remember(i, (state, event_ts, Event(i, event_ts, v[4], v[5], v[6]), int(v[3])))
+                        kept = j._event_entry(i, event_ts, int(v[3]), v[4], v[5], v[6])
+                        j._remember(i, (state, event_ts, kept))
                     else:
-                        j._remember(i, (state, event_ts, None, None))
+                        j._remember(i, (state, event_ts, None))
                     continue
                 seq = int(v[1])
                 if tag == "e":
-                    ev = Event(i, float(v[3]), v[4], v[5], v[6])
-                    j._events[i] = (ev, int(v[2]), seq)
-                    j._heap.append((ev.ts + delay, seq, i, "event"))
+                    pending.append((seq, "e", j._event_entry(i, float(v[3]), int(v[2]), v[4], v[5], v[6])))
                 elif tag == "l":
-                    lab = Label(i, float(v[3]), v[4])
-                    j._labels[i] = (lab, int(v[2]), seq)
-                    j._heap.append((lab.ts + delay, seq, i, "label"))
+                    pending.append((seq, "l", (i, float(v[3]), int(v[2]), v[4])))
                 else:
                     raise ValueError(f"unknown entry {v[:3]!r}")
-                max_seq = max(max_seq, seq)
             except (orjson.JSONDecodeError, ValueError, TypeError, KeyError, IndexError) as e:
                 raise CodecError(f"joiner state, partition {partition}, key {key!r}: {e}") from e
-        j._seq = max(j._seq, max_seq + 1)
+        pending.sort(key=lambda p: p[0])  # arrival order: it breaks deadline ties
+        for _, tag, e in pending:
+            (j._events if tag == "e" else j._labels)[e[0]] = e
+            j._add_pending(e)
+        max_seq = pending[-1][0] if pending else -1
+        j._seq = max(seq_counter, max_seq + 1)
+        j._log = []
+        j._log_seq = j._seq
         j._wm = max(j._max_ts - j._grace, j._idle_wm)
-        heapq.heapify(j._heap)
         j._drained_meta = (j._max_ts, j._idle_wm, j._seq)
         return j
 
