@@ -65,3 +65,22 @@ def test_waiting_for_names_the_topic_that_holds_the_other_back():
     m.mark_end("label")
     assert m.waiting_for() is None
     assert m.take() == [("event", "e")]
+
+
+def test_past_the_other_topics_end_records_go_only_grace_ahead_until_held_max_wait():
+    now = [0.0]
+    m = PartitionMerger(grace=2.0, max_wait=5.0, clock=lambda: now[0])
+    m.add("event", [(1.0, "e1")])
+    m.add("label", [(1.5, "l1"), (2.5, "l2"), (9.0, "l9")])
+    assert [x for _, x in m.take()] == ["e1"]
+    m.mark_end("event")
+    assert [x for _, x in m.take()] == ["l1", "l2"], "within grace of the newest event: safe"
+    now[0] = 4.9
+    assert m.take() == [], "l9 could make events still in flight late: it waits"
+    m.add("event", [(3.0, "e3")])  # the event that was in flight
+    assert [x for _, x in m.take()] == ["e3"]
+    m.mark_end("event")
+    now[0] = 20.0
+    assert m.take() == []  # held since now: waits max_wait again
+    now[0] = 25.0
+    assert [x for _, x in m.take()] == ["l9"]

@@ -28,8 +28,10 @@ can be committed.
 
 from __future__ import annotations
 
+import math
+import time
 from collections import deque
-from typing import Any, Iterable, Literal
+from typing import Any, Callable, Iterable, Literal
 
 __all__ = ["PartitionMerger"]
 
@@ -41,13 +43,26 @@ class PartitionMerger:
 
     ``add(kind, items)`` takes ``(ts, payload)`` pairs in offset order; ``take()``
     returns ``(kind, payload)`` pairs that can be processed now.
+
+    "At its end" is only true for now: the producer may be writing the other topic's
+    next records while this consumer fetches them later. So when one topic is at its
+    end, the other's records go only as far as ``grace`` past the newest timestamp
+    released from the at-end topic (nothing released later from it can then be late);
+    records beyond that wait until they have been held ``max_wait`` seconds of
+    ``clock`` time, then all go.
     """
 
-    __slots__ = ("_queues", "_at_end")
+    __slots__ = ("_queues", "_at_end", "_last_ts", "_grace", "_max_wait", "_clock", "_held_since")
 
-    def __init__(self) -> None:
+    def __init__(self, grace: float = 0.0, max_wait: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._queues: dict[str, deque[tuple[float | None, Any]]] = {"event": deque(), "label": deque()}
         self._at_end: dict[str, bool] = {"event": False, "label": False}
+        self._last_ts: dict[str, float] = {"event": -math.inf, "label": -math.inf}
+        self._grace = grace
+        self._max_wait = max_wait
+        self._clock = clock
+        self._held_since: float | None = None
 
     def add(self, kind: Kind, items: Iterable[tuple[float | None, Any]]) -> None:
         """Queue records of ``kind`` (in offset order); the topic is no longer at its end."""
@@ -86,12 +101,30 @@ class PartitionMerger:
                 continue
             if events and labels:
                 if events[0][0] <= labels[0][0]:  # type: ignore[operator]
+                    self._last_ts["event"] = events[0][0]  # type: ignore[assignment]
                     append(("event", events.popleft()[1]))
                 else:
+                    self._last_ts["label"] = labels[0][0]  # type: ignore[assignment]
                     append(("label", labels.popleft()[1]))
-            elif events and self._at_end["label"]:
-                append(("event", events.popleft()[1]))
-            elif labels and self._at_end["event"]:
-                append(("label", labels.popleft()[1]))
-            else:
+                continue
+            kind = "event" if events and self._at_end["label"] else "label" if labels and self._at_end["event"] else None
+            if kind is None:
+                self._held_since = None
                 return out
+            queue = events if kind == "event" else labels
+            other = "label" if kind == "event" else "event"
+            if queue[0][0] <= self._last_ts[other] + self._grace:  # type: ignore[operator]
+                self._last_ts[kind] = queue[0][0]  # type: ignore[assignment]
+                append((kind, queue.popleft()[1]))
+                continue
+            now = self._clock()
+            if self._held_since is None:
+                self._held_since = now
+            if now - self._held_since < self._max_wait:
+                return out
+            self._held_since = None
+            while queue:  # held long enough: the other topic really is quiet
+                ts, payload = queue.popleft()
+                if ts is not None:
+                    self._last_ts[kind] = ts
+                append((kind, payload))

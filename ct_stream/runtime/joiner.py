@@ -117,7 +117,7 @@ class JoinerWorker:
         for p in sorted({p for _, p in tps}):
             if p not in self.group.partitions:
                 self.group.add_partition(self._restore(p))
-                self._mergers[p] = PartitionMerger()
+                self._mergers[p] = PartitionMerger(self.t.join.grace, self.t.join.idle_timeout, self.clock)
         self.metrics.child(self.metrics.assigned).set(len(self.group.partitions))
 
     def _restore(self, partition: int) -> PartitionJoiner:
@@ -223,6 +223,8 @@ class JoinerWorker:
             if kind is not None and self.io.at_end(t.events_topic if kind == "event" else t.labels_topic, p):
                 merger.mark_end(kind)
                 self._release(p)
+            elif kind is None and (merger.buffered("event") or merger.buffered("label")):
+                self._release(p)  # records held past the other topic's end until grace or max_wait allows
 
     def _tick(self, now: float) -> None:
         """Idle watermark advance, for partitions with nothing held back: a partition
