@@ -52,13 +52,16 @@ _PROBE_KEY = b"\x00ct-stream-isolation-probe"
 
 
 def probe_transaction_isolation(bootstrap: str, topic: str, passthrough: Mapping[str, Any] | None = None,
-                                timeout: float = 30.0) -> bool:
+                                timeout: float = 120.0) -> bool:
     """True when the broker hides aborted transactional records from ``read_committed`` readers.
 
     Writes one record with the reserved key ``\\x00ct-stream-isolation-probe`` to
     partition 0 of ``topic`` in a transaction that it aborts, then reads that partition
     from the record's offset with ``read_committed``. Readers of ``topic`` must ignore
-    that key (the joiner's state restore does).
+    that key (the joiner's state restore does). The read may wait: a predecessor killed
+    mid-transaction holds the partition's stable offset until the broker times its
+    transaction out (``transaction.timeout.ms``, 30 s for ct-stream's producers), hence
+    the long default ``timeout``.
     """
     delivered: list[int] = []
     producer = Producer(producer_config(bootstrap, passthrough, **{
