@@ -192,3 +192,30 @@ def test_fuzzed_bad_records_all_reach_the_dlq_while_good_records_flow(broker):
     assert set(dead) <= {r.value for r in Reason} and {"undecodable", "too_large", "missing_field",
                                                        "bad_type"} <= set(dead)
     assert sorted(r["id"] for r in rows) == sorted(k.decode() for k, _ in data.events)
+
+
+def test_wide_rows_are_split_into_messages_under_the_size_cap(broker):
+    from ct_stream.join.arrow import MAX_MESSAGE_BYTES
+
+    topology = joiner_topology(broker.topic("wide"), partitions=1)
+    producer = make_producer(broker.bootstrap)
+    t0 = 1_700_000_000.0
+    n = 1500  # ~4 KB a row: one 2000-row message would be ~6 MB
+    worker = JoinerWorker(topology, broker.bootstrap)
+    with RunningWorker(worker):
+        for i in range(n):
+            c = f"{i:06d}" + "w" * 4000
+            producer.produce(topology.events_topic, key=b"k", value=(
+                '{"id":"w%d","ts":%f,"features":{"x":1.0,"n":%d,"flag":true,"c":"%s"}}' % (i, t0 + i * 0.001, i, c)
+            ).encode())
+            producer.produce(topology.labels_topic, key=b"k",
+                             value=b'{"id":"w%d","ts":%f,"label":true}' % (i, t0 + i * 0.001 + 0.0005))
+            producer.poll(0)
+        assert producer.flush(60) == 0
+        rows = wait_for(lambda: (r := read_examples(broker.bootstrap, topology)) and len(r) >= n and r, 60,
+                        f"{n} examples")
+    sizes = [len(m.value()) for batch in read_to_end(broker.bootstrap, topology.examples_topic, {0: 0})
+             for m in batch]
+    assert len(sizes) > 1 and max(sizes) <= MAX_MESSAGE_BYTES
+    assert sorted(r["id"] for r in rows) == sorted(f"w{i}" for i in range(n))
+    assert all(r["c"] == f"{int(r['id'][1:]):06d}" + "w" * 4000 for r in rows)

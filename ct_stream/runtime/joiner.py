@@ -29,14 +29,14 @@ from typing import Any, Callable, Literal
 from prometheus_client import CollectorRegistry
 
 from ct_stream.errors import BrokerError, CtStreamError
-from ct_stream.join import Input, JoinerGroup, JoinOutput, PartitionJoiner
+from ct_stream.join import Example, Input, JoinerGroup, JoinOutput, PartitionJoiner
 from ct_stream.kafka.clients import TopicSpec, ensure_topics, read_to_end
 from ct_stream.kafka.group import GroupIO, Mode, probe_transaction_isolation
 from ct_stream.metrics import JoinerMetrics
-from ct_stream.join.arrow import examples_to_arrow
+from ct_stream.join.arrow import example_messages
 from ct_stream.join.merge import PartitionMerger
-from ct_stream.records import (Event, Label, Reject, decode_events, decode_labels, encode_event, encode_label,
-                               encode_examples)
+from ct_stream.records import (Event, Label, Reason, Reject, decode_events, decode_labels, encode_event,
+                               encode_label)
 from ct_stream.runtime.smoke import dlq_headers
 from ct_stream.topology import Topology
 
@@ -46,7 +46,7 @@ log = logging.getLogger("ct_stream.joiner")
 
 ModeSetting = Literal["auto", "exactly_once", "at_least_once"]
 
-_MAX_ROWS_PER_MESSAGE = 2_000  # keeps one Arrow batch well under Kafka's 1 MB default
+_MAX_MESSAGE_BYTES = 900_000  # an examples message above this is refused (Kafka's default limit is 1 MB)
 
 
 class _Restart(CtStreamError):
@@ -284,6 +284,17 @@ class JoinerWorker:
         self.io.produce(self.t.dlq_topic, value, key, headers=dlq_headers(reason, detail, topic, partition, offset))
         self.metrics.child(self.metrics.dead_letters, reason).inc()
 
+    def _too_large(self, ex: Example, size: int) -> None:
+        """Dead-letter an example whose one-row message is bigger than a topic takes by default."""
+        value: bytes | None = encode_event(Event(ex.id, ex.event_ts, ex.features, ex.served_version, ex.prediction),
+                                           self.t.record_schema)
+        if len(value) > _MAX_MESSAGE_BYTES:  # type: ignore[arg-type]
+            value = None  # the key and the detail still say which event it was
+        self._produce_dead_letter(self.t.events_topic, ex.source_partition, ex.source_offset, ex.id.encode(),
+                                  value, Reason.TOO_LARGE.value,
+                                  f"example {ex.id!r} ({ex.outcome}) encodes to {size} bytes; an examples "
+                                  f"message must stay under {_MAX_MESSAGE_BYTES} (lower max_record_bytes)")
+
     # Commit ----------------------------------------------------------------------------
     def commit(self) -> None:
         """Write buffered examples and run the commit procedure."""
@@ -291,11 +302,11 @@ class JoinerWorker:
         started = time.perf_counter()
         t = self.t
         for p, rows in self._buffers.items():
-            for i in range(0, len(rows), _MAX_ROWS_PER_MESSAGE):
-                chunk = rows[i:i + _MAX_ROWS_PER_MESSAGE]
-                batch = examples_to_arrow(chunk, t.record_schema)
-                self.io.produce(t.examples_topic, encode_examples(batch),
-                                key=f"{p}:{chunk[0].source_offset}".encode(), partition=p)
+            for chunk, message in example_messages(rows, t.record_schema):
+                if len(message) > _MAX_MESSAGE_BYTES:  # one row alone is more than the topic takes
+                    self._too_large(chunk[0], len(message))
+                    continue
+                self.io.produce(t.examples_topic, message, key=f"{p}:{chunk[0].source_offset}".encode(), partition=p)
         self._buffers.clear()
         changelog = []
         for p, joiner in self.group.partitions.items():
