@@ -109,6 +109,12 @@ class JoinerMetrics:
                                         buckets=_COMMIT_BUCKETS, registry=registry)
         self.lag = Gauge("ct_joiner_consumer_lag_records", "Records behind the end of the assigned input partitions.",
                          t + ["kind"], registry=registry)
+        self.reorder_buffered = Gauge("ct_joiner_reorder_buffered_records",
+                                      "Records held for event-time order across the two input topics, by kind.",
+                                      t + ["kind"], registry=registry)
+        self.paused = Gauge("ct_joiner_paused_partitions",
+                            "Input partitions whose fetching is paused because too many of their records wait "
+                            "for the other topic.", t, registry=registry)
         self.assigned = Gauge("ct_joiner_assigned_partitions", "Input partitions this worker owns.", t,
                               registry=registry)
         self.topology = topology

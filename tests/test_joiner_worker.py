@@ -219,3 +219,36 @@ def test_wide_rows_are_split_into_messages_under_the_size_cap(broker):
     assert len(sizes) > 1 and max(sizes) <= MAX_MESSAGE_BYTES
     assert sorted(r["id"] for r in rows) == sorted(f"w{i}" for i in range(n))
     assert all(r["c"] == f"{int(r['id'][1:]):06d}" + "w" * 4000 for r in rows)
+
+
+def test_a_topic_far_ahead_is_paused_until_the_other_catches_up(broker):
+    # Labels arrive long before their events: the merger must hold them for event-time
+    # order, but only up to max_held; beyond that their partition stops fetching.
+    topology = joiner_topology(broker.topic("ahead"), partitions=1, idle_timeout=60.0)
+    registry = CollectorRegistry()
+    worker = JoinerWorker(topology, broker.bootstrap, registry=registry, max_batch=200, max_held=600)
+    labels = {"topology": topology.name}
+    producer = make_producer(broker.bootstrap)
+    t0, n = 1_700_000_000.0, 5000
+    with RunningWorker(worker):
+        for i in range(n):
+            producer.produce(topology.labels_topic, key=b"k",
+                             value=b'{"id":"a%d","ts":%f,"label":%s}' % (i, t0 + i * 0.01 + 0.3,
+                                                                       b"true" if i % 2 else b"false"))
+        assert producer.flush(60) == 0
+        wait_for(lambda: registry.get_sample_value("ct_joiner_paused_partitions", labels) == 1, 30,
+                 "the labels partition paused")
+        held = registry.get_sample_value("ct_joiner_reorder_buffered_records", {**labels, "kind": "label"})
+        assert 600 < held <= 600 + 200
+        for i in range(n):
+            producer.produce(topology.events_topic, key=b"k", value=(
+                '{"id":"a%d","ts":%f,"features":{"x":1.0,"n":%d,"flag":true,"c":"a"}}' % (i, t0 + i * 0.01, i)
+            ).encode())
+        assert producer.flush(60) == 0
+        rows = wait_for(lambda: (r := read_examples(broker.bootstrap, topology)) and len(r) >= n - 40 and r, 60,
+                        "the examples")
+        wait_for(lambda: registry.get_sample_value("ct_joiner_paused_partitions", labels) == 0, 30, "resumed")
+    joined = {r["id"]: r["label"] for r in rows if r["outcome"] == "joined"}
+    # the last events' labels are within grace of the stream's end: still pending is fine
+    assert len(joined) >= n - 40 and all(joined[f"a{i}"] == bool(i % 2) for i in range(n - 40))
+    assert Counter(r["id"] for r in rows).most_common(1)[0][1] == 1

@@ -182,6 +182,14 @@ class GroupIO:
             return False
         return position >= 0 and high >= 0 and position >= high
 
+    def pause(self, topic: str, partition: int) -> None:
+        """Stop fetching ``(topic, partition)`` until :meth:`resume` (or a new assignment)."""
+        self.consumer.pause([TopicPartition(topic, partition)])
+
+    def resume(self, topic: str, partition: int) -> None:
+        """Fetch ``(topic, partition)`` again, from the position after the last record handed out."""
+        self.consumer.resume([TopicPartition(topic, partition)])
+
     def lag(self) -> dict[tuple[str, int], int]:
         """Records between the consumer's position and the partition end, per owned partition."""
         tps = [TopicPartition(t, p) for t, p in self.assignment]

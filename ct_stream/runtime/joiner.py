@@ -57,18 +57,21 @@ class JoinerWorker:
     """One joiner process's loop. ``run()`` until ``stop`` is set.
 
     ``clock`` is wall time in seconds (injectable for tests); ``registry`` holds the
-    metrics.
+    metrics. ``max_batch`` is the most records one poll takes; ``max_held`` bounds the
+    records the worker holds back for event-time order (see :meth:`_backpressure`).
     """
 
     def __init__(self, topology: Topology, bootstrap: str, *, instance: str = "0", mode: ModeSetting = "auto",
                  registry: CollectorRegistry | None = None, clock: Callable[[], float] = time.time,
-                 max_batch: int = 10_000) -> None:
+                 max_batch: int = 10_000, max_held: int = 200_000) -> None:
         self.t = topology
         self.bootstrap = bootstrap
         self.instance = instance
         self.mode_setting = mode
         self.clock = clock
         self.max_batch = max_batch
+        self.max_held = max_held
+        self._paused: set[tuple[str, int]] = set()
         self.metrics = JoinerMetrics(registry or CollectorRegistry(), topology.name)
         self.mode: Mode | None = None
         self.io: GroupIO | None = None
@@ -137,6 +140,7 @@ class JoinerWorker:
 
     def _on_revoke(self, tps: list[tuple[str, int]]) -> None:
         self.commit()
+        self._paused.difference_update(tps)
         for p in {p for _, p in tps}:
             self.group.remove_partition(p)
             self._mergers.pop(p, None)
@@ -207,6 +211,7 @@ class JoinerWorker:
                 touched.add(p)
         for p in touched:
             self._release(p)
+            self._backpressure(p)
 
     def _unblock(self) -> None:
         """Release records that wait for a topic which has nothing more to give.
@@ -223,8 +228,32 @@ class JoinerWorker:
             if kind is not None and self.io.at_end(t.events_topic if kind == "event" else t.labels_topic, p):
                 merger.mark_end(kind)
                 self._release(p)
+                self._backpressure(p)
             elif kind is None and (merger.buffered("event") or merger.buffered("label")):
                 self._release(p)  # records held past the other topic's end until grace or max_wait allows
+                self._backpressure(p)
+
+    def _backpressure(self, p: int) -> None:
+        """Bound the records a partition's merger holds while they wait for the other topic.
+
+        A consumer catching up may fetch one topic far ahead of the other (measured: all
+        70k labels of a backlog before any event). Over ``max_held / partitions`` records
+        waiting, the topic's partition stops fetching; at half that it fetches again.
+        """
+        assert self.io is not None
+        merger = self._mergers.get(p)
+        if merger is None:
+            return
+        limit = max(1, self.max_held // max(1, len(self._mergers)))
+        for kind, topic in (("event", self.t.events_topic), ("label", self.t.labels_topic)):
+            held, tp = merger.buffered(kind), (topic, p)  # type: ignore[arg-type]
+            if tp in self._paused:
+                if held <= limit // 2:
+                    self.io.resume(topic, p)
+                    self._paused.discard(tp)
+            elif held > limit:
+                self.io.pause(topic, p)
+                self._paused.add(tp)
 
     def _tick(self, now: float) -> None:
         """Idle watermark advance, for partitions with nothing held back: a partition
@@ -337,6 +366,9 @@ class JoinerWorker:
         pending_labels = sum(j.pending_labels for j in self.group.partitions.values())
         m.child(m.pending, "event").set(pending_events)
         m.child(m.pending, "label").set(pending_labels)
+        for kind in ("event", "label"):
+            m.child(m.reorder_buffered, kind).set(sum(x.buffered(kind) for x in self._mergers.values()))  # type: ignore[arg-type]
+        m.child(m.paused).set(len(self._paused))
         closed = counts["joined"] + counts["expired"] + counts["expired_dropped"] + counts["expired_dlq"]
         if closed:
             m.child(m.label_coverage).set(counts["joined"] / closed)
@@ -360,6 +392,7 @@ class JoinerWorker:
         self._buffers.clear()
         self._mergers.clear()
         self._offsets.clear()
+        self._paused.clear()
         self.setup()
 
     def close(self) -> None:
