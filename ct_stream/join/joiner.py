@@ -144,11 +144,15 @@ def _event_codec(names: tuple[str, ...]) -> tuple[Callable[..., tuple[Any, ...]]
 
 
 class Input(NamedTuple):
-    """One input record: its kind, the decoded record, and its offset in its own topic."""
+    """One input record: its kind, the decoded record, its offset in its own topic, and
+    an optional ``source`` the caller gets back on a dead letter made from this input
+    (the runtime passes the Kafka message, so a late record is dead-lettered with its
+    original bytes). Any 4-tuple in this order will do."""
 
     kind: Literal["event", "label"]
     record: Event | Label
     offset: int
+    source: Any = None
 
 
 @dataclass(slots=True)
@@ -176,7 +180,8 @@ class DeadLetter:
     """A record the joiner sends to the dead-letter topic: which record (kind, partition,
     offset in its own topic), why, and a short message. ``record`` is the decoded record
     itself, for a runtime that no longer holds the original bytes (an event that
-    expires under ``dlq`` arrived in an earlier batch)."""
+    expires under ``dlq`` arrived in an earlier batch); ``source`` is the input's
+    ``source`` when the dead letter comes from an input of the same call (``late``)."""
 
     kind: Literal["event", "label"]
     partition: int
@@ -184,6 +189,7 @@ class DeadLetter:
     reason: Reason
     detail: str
     record: Event | Label | None = field(default=None, repr=False, compare=False)
+    source: Any = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -360,7 +366,7 @@ class PartitionJoiner:
         clean_below = self._clean_below(wm)
         pack, unpack, n_names = self._pack, self._unpack, len(self._names or ())
         n_events = n_labels = n_joined = n_corrections = dup_events = dup_labels = 0
-        for kind, rec, offset in inputs:
+        for kind, rec, offset, source in inputs:
             ts = rec.ts
             if kind == "event":
                 n_events += 1
@@ -370,7 +376,7 @@ class PartitionJoiner:
                 raise CtStreamError(f"Input.kind must be 'event' or 'label', got {kind!r}")
             # 1. late
             if ts < wm:
-                self._late(kind, rec, offset, out)
+                self._late(kind, rec, offset, out, source)
                 continue
             # done entries with event_ts + horizon < forget_wm are forgotten (step 4 of
             # the previous record would have forgotten them)
@@ -621,12 +627,12 @@ class PartitionJoiner:
             del self._front[:pos]
             self._front_pos = 0
 
-    def _late(self, kind: str, rec: Event | Label, offset: int, out: JoinOutput) -> None:
+    def _late(self, kind: str, rec: Event | Label, offset: int, out: JoinOutput, source: Any) -> None:
         self.counts["late"] += 1
         out.dead_letters.append(DeadLetter(
             kind, self.partition, offset, Reason.LATE,  # type: ignore[arg-type]
             f"{kind} {rec.id!r}: ts {rec.ts!r} is behind the partition watermark {self._wm!r} "
-            f"(newest ts {self._max_ts!r}, grace {self._grace!r}s)", rec))
+            f"(newest ts {self._max_ts!r}, grace {self._grace!r}s)", rec, source))
 
     def _expire(self, out: JoinOutput) -> None:
         """Step 4: expire pending entries, then forget done entries, with deadline < watermark."""
@@ -889,6 +895,13 @@ class JoinerGroup:
         if joiner is None:
             raise CtStreamError(f"partition {partition} is not assigned to this joiner group")
         out = joiner.process(inputs)
+        self._enforce_capacity(out)
+        return out
+
+    def enforce_capacity(self) -> JoinOutput:
+        """Expire early what exceeds ``max_pending`` (what :meth:`process` does after
+        joining, for a caller that calls each partition's ``process`` itself)."""
+        out = JoinOutput()
         self._enforce_capacity(out)
         return out
 

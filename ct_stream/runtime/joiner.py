@@ -29,7 +29,7 @@ from typing import Any, Callable, Literal
 from prometheus_client import CollectorRegistry
 
 from ct_stream.errors import BrokerError, CtStreamError
-from ct_stream.join import Example, Input, JoinerGroup, JoinOutput, PartitionJoiner
+from ct_stream.join import Example, JoinerGroup, JoinOutput, PartitionJoiner
 from ct_stream.kafka.clients import TopicSpec, ensure_topics, read_to_end
 from ct_stream.kafka.group import GroupIO, Mode, probe_transaction_isolation
 from ct_stream.metrics import JoinerMetrics
@@ -191,16 +191,20 @@ class JoinerWorker:
             kind = "event" if topic == t.events_topic else "label"
             decode = decode_events if kind == "event" else decode_labels
             good, rejects = decode([m.value() for m in tp_msgs], schema, [m.timestamp()[1] for m in tp_msgs])
-            items: list[tuple[float | None, tuple[Any, Any]]] = []
-            bad = dict(rejects)
-            it = iter(good)
-            for i, m in enumerate(tp_msgs):
-                reject = bad.get(i)
-                if reject is not None:
-                    items.append((None, (m, reject)))
-                else:
-                    record = next(it)
-                    items.append((record.ts, (m, record)))
+            # an item: (ts, joiner input (kind, record, offset, message)); a reject has no ts
+            if rejects:
+                bad = dict(rejects)
+                it = iter(good)
+                items: list[tuple[float | None, tuple[str, Any, int, Any]]] = []
+                for i, m in enumerate(tp_msgs):
+                    reject = bad.get(i)
+                    if reject is not None:
+                        items.append((None, (kind, reject, m.offset(), m)))
+                    else:
+                        record = next(it)
+                        items.append((record.ts, (kind, record, m.offset(), m)))
+            else:
+                items = [(r.ts, (kind, r, m.offset(), m)) for r, m in zip(good, tp_msgs)]
             merger.add(kind, items)  # type: ignore[arg-type]
             self.metrics.child(self.metrics.records, kind).inc(len(tp_msgs))
             touched.add(p)
@@ -268,32 +272,34 @@ class JoinerWorker:
         released = self._mergers[p].take()
         if not released:
             return
-        inputs = []
-        last: dict[str, int] = {}
-        for kind, (m, payload) in released:
-            if isinstance(payload, Reject):
-                self._dead_letter(m, payload.reason.value, payload.detail)
-            else:
-                inputs.append(Input(kind, payload, m.offset()))
-            last[kind] = m.offset()
+        inputs = [x for _, x in released]
+        good = [x for x in inputs if x[1].__class__ is not Reject]
+        if len(good) != len(inputs):
+            for _, reject, _, m in inputs:
+                if reject.__class__ is Reject:
+                    self._dead_letter(m, reject.reason.value, reject.detail)
         t = self.t
-        for kind, offset in last.items():  # records of one topic are released in offset order
-            self._offsets[(t.events_topic if kind == "event" else t.labels_topic, p)] = offset + 1
-        if inputs:
-            out = self.group.process(p, inputs)
-            originals = None
-            if out.dead_letters:  # the original bytes of records from this release, by topic and offset
-                originals = {(m.topic(), m.offset()): m for _, (m, _) in released}
-            self._handle(out, originals)
+        missing = {"event", "label"}
+        for kind, _, offset, _ in reversed(inputs):  # each topic's records come in offset order
+            if kind in missing:
+                missing.discard(kind)
+                self._offsets[(t.events_topic if kind == "event" else t.labels_topic, p)] = offset + 1
+                if not missing:
+                    break
+        if good:
+            out = self.group.partitions[p].process(good)  # type: ignore[arg-type]
+            self._buffers[p].extend(out.examples)  # all from partition p
+            self._handle(out, examples=False)
+            self._handle(self.group.enforce_capacity())
 
-    def _handle(self, out: JoinOutput, originals: dict[tuple[str, int], Any] | None = None) -> None:
-        for ex in out.examples:
-            self._buffers[ex.source_partition].append(ex)
+    def _handle(self, out: JoinOutput, examples: bool = True) -> None:
+        if examples:
+            for ex in out.examples:
+                self._buffers[ex.source_partition].append(ex)
         for dl in out.dead_letters:
             topic = self.t.events_topic if dl.kind == "event" else self.t.labels_topic
-            original = originals.get((topic, dl.offset)) if originals else None
-            if original is not None:
-                self._dead_letter(original, dl.reason.value, dl.detail)
+            if dl.source is not None:  # the message itself: dead-letter its original bytes
+                self._dead_letter(dl.source, dl.reason.value, dl.detail)
             else:
                 record = getattr(dl, "record", None)
                 value = None
