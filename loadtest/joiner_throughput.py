@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ct_stream.join import Input, PartitionJoiner  # noqa: E402
 from ct_stream.kafka.broker import EmbeddedBroker  # noqa: E402
-from ct_stream.kafka.clients import DeliveryTracker, make_producer, read_range  # noqa: E402
+from ct_stream.kafka.clients import DeliveryTracker, make_producer, produce_retrying, read_range  # noqa: E402
 from ct_stream.records import Event, decode_events, decode_labels  # noqa: E402
 from ct_stream.runtime import tune_gc  # noqa: E402
 from ct_stream.runtime.joiner import JoinerWorker  # noqa: E402
@@ -50,12 +50,7 @@ def produce(bootstrap: str, topology: Topology, n: int) -> tuple[DeliveryTracker
     stream = data.in_time_order()
     for kind, key, value in stream:
         topic = topology.events_topic if kind == "event" else topology.labels_topic
-        while True:
-            try:
-                producer.produce(topic, value=value, key=key)
-                break
-            except BufferError:
-                producer.poll(0.05)
+        produce_retrying(producer, topic, value, key)
     producer.flush(120)
     assert tracker.failed == 0, tracker.first_error
     return tracker, len(stream)

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from ct_stream.kafka.clients import TopicSpec, ensure_topics, make_producer
+from ct_stream.kafka.clients import TopicSpec, ensure_topics, make_producer, produce_retrying
 from ct_stream.synthetic import generate
 from ct_stream.topology import load_topology
 from tests.helpers import wait_for
@@ -122,12 +122,7 @@ class PacedProducer(threading.Thread):
                 if self.stop.is_set():
                     return
                 topic = self.topology.events_topic if kind == "event" else self.topology.labels_topic
-                while True:
-                    try:
-                        producer.produce(topic, value=value, key=key)
-                        break
-                    except BufferError:
-                        producer.poll(0.05)
+                produce_retrying(producer, topic, value, key)
                 if i % 1000 == 999:
                     ahead = (i + 1) / self.rate - (time.monotonic() - started)
                     if ahead > 0:

@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 from prometheus_client import CollectorRegistry
 
-from ct_stream.kafka.clients import make_producer, read_to_end
+from ct_stream.kafka.clients import make_producer, produce_retrying, read_to_end
 from ct_stream.records import decode_examples
 from ct_stream.runtime.joiner import JoinerWorker
 from ct_stream.synthetic import generate
@@ -28,12 +28,7 @@ def produce_in_time_order(bootstrap: str, topology: Topology, data) -> None:
     producer = make_producer(bootstrap)
     for kind, key, value in data.in_time_order():
         topic = topology.events_topic if kind == "event" else topology.labels_topic
-        while True:
-            try:
-                producer.produce(topic, value=value, key=key)
-                break
-            except BufferError:
-                producer.poll(0.05)
+        produce_retrying(producer, topic, value, key)
     assert producer.flush(60) == 0
 
 

@@ -39,6 +39,7 @@ __all__ = [
     "ensure_topics",
     "make_consumer",
     "make_producer",
+    "produce_retrying",
     "producer_config",
     "read_range",
     "read_to_end",
@@ -148,6 +149,24 @@ def make_consumer(bootstrap: str, group_id: str | None, passthrough: Mapping[str
 def make_producer(bootstrap: str, passthrough: Mapping[str, Any] | None = None, **overrides: Any) -> Producer:
     """A ``confluent_kafka.Producer`` with :func:`producer_config`."""
     return Producer(producer_config(bootstrap, passthrough, **overrides))
+
+
+def produce_retrying(producer: Producer, topic: str, value: bytes | None, key: bytes | None = None,
+                     partition: int = -1, headers: list[tuple[str, bytes]] | None = None) -> None:
+    """``producer.produce(...)``, waiting for room when the local queue is full.
+
+    librdkafka raises ``BufferError`` when ``queue.buffering.max.messages`` (or
+    ``.kbytes``) records wait for delivery; this serves delivery reports with
+    ``poll(0.05)`` and tries again until the record is queued. Delivery itself is still
+    asynchronous: ``flush()`` (or a delivery callback) tells whether it was acknowledged.
+    ``partition=-1`` lets the partitioner choose (by key).
+    """
+    while True:
+        try:
+            producer.produce(topic, value, key, partition, headers=headers)
+            return
+        except BufferError:  # the local queue is full: serve deliveries, then retry
+            producer.poll(0.05)
 
 
 def admin_client(bootstrap: str, passthrough: Mapping[str, Any] | None = None) -> AdminClient:

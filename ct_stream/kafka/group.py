@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from ct_stream.errors import BrokerError
-from ct_stream.kafka.clients import consumer_config, producer_config, read_to_end
+from ct_stream.kafka.clients import consumer_config, produce_retrying, producer_config, read_to_end
 
 __all__ = ["GroupIO", "Mode", "probe_transaction_isolation"]
 
@@ -211,12 +211,7 @@ class GroupIO:
 
         ``partition=-1`` lets the partitioner choose (by key).
         """
-        while True:
-            try:
-                self.producer.produce(topic, value, key, partition, headers=headers)
-                return
-            except BufferError:  # the local queue is full: serve deliveries, then retry
-                self.producer.poll(0.05)
+        produce_retrying(self.producer, topic, value, key, partition, headers)
 
     def _produce_all(self, records: Iterable[tuple[str, int, bytes, bytes | None]]) -> None:
         produce = self.producer.produce

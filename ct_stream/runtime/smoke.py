@@ -15,7 +15,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ct_stream.kafka.clients import DeliveryTracker, TopicSpec, ensure_topics, make_producer, read_range
+from ct_stream.kafka.clients import (DeliveryTracker, TopicSpec, ensure_topics, make_producer, produce_retrying,
+                                    read_range)
 from ct_stream.records import decode_events, decode_labels
 from ct_stream.synthetic import generate
 from ct_stream.topology import Topology
@@ -122,7 +123,7 @@ def run_smoke(topology: Topology, bootstrap: str, n_events: int = 20_000, seed: 
                 label_ids.update(r.id for r in good)
             for index, reject in rejects:
                 m = batch[index]
-                producer.produce(t.dlq_topic, value=m.value(), key=m.key(),
+                produce_retrying(producer, t.dlq_topic, m.value(), m.key(),
                                  headers=dlq_headers(reject.reason.value, reject.detail, topic, m.partition(), m.offset()))
                 report.dead_letters[reject.reason.value] += 1
             producer.flush(60)
@@ -137,9 +138,4 @@ def run_smoke(topology: Topology, bootstrap: str, n_events: int = 20_000, seed: 
 
 
 def _produce(producer: Any, topic: str, key: bytes, value: bytes) -> None:
-    while True:
-        try:
-            producer.produce(topic, value=value, key=key)
-            return
-        except BufferError:  # the local queue is full: let deliveries drain, then retry
-            producer.poll(0.05)
+    produce_retrying(producer, topic, value, key)
