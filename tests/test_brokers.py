@@ -8,11 +8,13 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from ct_stream.kafka.clients import TopicSpec, cluster_answers, ensure_topics, make_consumer, make_producer
+from ct_stream.kafka.clients import (TopicSpec, admin_client, cluster_answers, ensure_topics, make_consumer,
+                                    make_producer, read_to_end)
 from ct_stream.errors import BrokerError
 from tests.helpers import process_alive, wait_for
 
@@ -173,3 +175,59 @@ def test_the_isolation_probe_tells_the_brokers_apart(broker):
     topic = broker.topic("probe")
     ensure_topics(broker.bootstrap, [TopicSpec(topic, 1)])
     assert probe_transaction_isolation(broker.bootstrap, topic) is broker.isolates_transactions
+    # The probe writes to a topic of its own, never to the caller's.
+    assert f"{topic}.probe" in admin_client(broker.bootstrap).list_topics(timeout=10).topics
+    assert [m for batch in read_to_end(broker.bootstrap, topic, {0: 0}) for m in batch] == []
+    # A second probe reuses the probe topic.
+    assert probe_transaction_isolation(broker.bootstrap, topic) is broker.isolates_transactions
+
+
+_OPEN_TRANSACTION = textwrap.dedent("""
+    import sys, threading
+    from ct_stream.kafka.clients import make_producer
+    bootstrap, topic = sys.argv[1], sys.argv[2]
+    # Longer than any probe may take: the transaction stays open through the whole test.
+    producer = make_producer(bootstrap, transactional_id=f"killed-{topic}", transaction_timeout_ms=300_000)
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    for p in (0, 1):
+        producer.produce(topic, key=b"%d|event-1" % p, value=b"never committed", partition=p)
+    assert producer.flush(30) == 0
+    print("open", flush=True)
+    threading.Event().wait()
+""")
+
+
+def _last_stable_offset(bootstrap: str, topic: str, partition: int) -> int:
+    from confluent_kafka import IsolationLevel
+    from confluent_kafka.admin import OffsetSpec
+
+    admin = admin_client(bootstrap)  # kept alive until the future resolves
+    futures = admin.list_offsets({TopicPartition(topic, partition): OffsetSpec.latest()},
+                                 isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=30)
+    return next(iter(futures.values())).result(timeout=60).offset
+
+
+def test_the_isolation_probe_is_not_held_up_by_a_killed_joiners_open_transaction(apache_kafka):
+    from ct_stream.kafka.group import probe_transaction_isolation
+
+    bootstrap = apache_kafka.bootstrap
+    state = f"crashed-{uuid.uuid4().hex[:8]}.joiner-state"
+    ensure_topics(bootstrap, [TopicSpec(state, 2, config={"cleanup.policy": "compact"})])
+    # A joiner killed with SIGKILL mid-transaction: its records on the state topic stay
+    # in an open transaction until the broker times it out.
+    owner = subprocess.Popen([sys.executable, "-c", _OPEN_TRANSACTION, bootstrap, state],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert owner.stdout.readline().strip() == "open", f"the producer exited with {owner.wait()}"
+    finally:
+        owner.send_signal(signal.SIGKILL)
+        owner.wait()
+    assert _last_stable_offset(bootstrap, state, 0) == 0, "the killed transaction must hold partition 0"
+
+    started = time.monotonic()
+    isolates = probe_transaction_isolation(bootstrap, state)
+    print(f"isolation probe behind a killed transaction: {time.monotonic() - started:.2f} s")
+
+    assert isolates is True
+    assert _last_stable_offset(bootstrap, state, 0) == 0, "the probe must pass the open transaction, not wait it out"

@@ -175,10 +175,6 @@ def test_joiner_killed_with_sigkill_ten_times_yields_every_event_exactly_once(ap
         feeder.stop.set()
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known bug, open in issue 3: after a 1 -> 2 -> 1 rebalance with ct-stream run subprocesses, the pending "
-    "events of one handed-over partition sometimes never expire (all input committed, ~2.5k of 60k examples "
-    "missing); an in-process reproduction with JoinerWorker threads completes"))
 def test_rebalance_one_two_one_joiners_keeps_every_event_exactly_once(apache_kafka, tmp_path):
     name = f"rebalance-{uuid.uuid4().hex[:8]}"
     path = write_topology(tmp_path, name)

@@ -40,7 +40,8 @@ from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from ct_stream.errors import BrokerError
-from ct_stream.kafka.clients import consumer_config, produce_retrying, producer_config, read_to_end
+from ct_stream.kafka.clients import (TopicSpec, admin_client, consumer_config, ensure_topics, produce_retrying,
+                                    producer_config, read_to_end)
 
 __all__ = ["GroupIO", "Mode", "probe_transaction_isolation"]
 
@@ -52,33 +53,53 @@ _PROBE_KEY = b"\x00ct-stream-isolation-probe"
 
 
 def probe_transaction_isolation(bootstrap: str, topic: str, passthrough: Mapping[str, Any] | None = None,
-                                timeout: float = 120.0) -> bool:
+                                timeout: float = 30.0) -> bool:
     """True when the broker hides aborted transactional records from ``read_committed`` readers.
 
-    Writes one record with the reserved key ``\\x00ct-stream-isolation-probe`` to
-    partition 0 of ``topic`` in a transaction that it aborts, then reads that partition
-    from the record's offset with ``read_committed``. Readers of ``topic`` must ignore
-    that key (the joiner's state restore does). The read may wait: a predecessor killed
-    mid-transaction holds the partition's stable offset until the broker times its
-    transaction out (``transaction.timeout.ms``, 30 s for ct-stream's producers), hence
-    the long default ``timeout``.
+    ``topic`` is the topic the caller will write transactionally (the joiner passes its
+    state changelog); the probe does not write to it. It writes one record with the
+    reserved key ``\\x00ct-stream-isolation-probe`` to partition 0 of its own topic
+    ``<topic>.probe`` (one partition, ``topic``'s replication factor, a day's
+    retention; created if missing), in a transaction that it aborts, then reads that
+    partition from the record's offset with ``read_committed``.
+
+    Why a topic of its own: a ``read_committed`` read cannot pass an open transaction,
+    and a predecessor killed mid-transaction leaves one open on every partition it wrote
+    until the broker times it out (``transaction.timeout.ms``, 30 s for the joiner). Only
+    probes write to ``<topic>.probe``, each under a fresh ``transactional.id`` and with a
+    10 s transaction timeout, so the read waits only behind a probe that was itself
+    killed in the milliseconds between its produce and its abort (then for up to the
+    10 s timeout plus the broker's abort-check interval, 10 s by default).
     """
+    probe_topic = f"{topic}.probe"
+    try:
+        existing = admin_client(bootstrap, passthrough).list_topics(timeout=timeout).topics
+    except KafkaException as e:
+        raise BrokerError(f"cannot reach Kafka at {bootstrap} to list topics: {e}") from e
+    probe_md = existing.get(probe_topic)
+    if probe_md is None or probe_md.error is not None:
+        md = existing.get(topic)
+        replication = max((len(pm.replicas) for pm in md.partitions.values()), default=1) if md else 1
+        ensure_topics(bootstrap, [TopicSpec(probe_topic, 1, max(replication, 1),
+                                            {"cleanup.policy": "delete", "retention.ms": "86400000"})],
+                      passthrough, timeout=timeout)
     delivered: list[int] = []
     producer = Producer(producer_config(bootstrap, passthrough, **{
         "transactional.id": f"ct-stream-probe-{uuid.uuid4().hex}",
+        "transaction.timeout.ms": 10_000,
         "on_delivery": lambda err, msg: delivered.append(msg.offset()) if err is None else None}))
     try:
         producer.init_transactions(timeout)
         producer.begin_transaction()
-        producer.produce(topic, key=_PROBE_KEY, value=b"", partition=0)
+        producer.produce(probe_topic, key=_PROBE_KEY, value=b"", partition=0)
         producer.flush(timeout)
         producer.abort_transaction(timeout)
     except KafkaException as e:
         log.info("transactions unavailable on %s (%s): at-least-once mode", bootstrap, e)
         return False
     if not delivered:
-        raise BrokerError(f"the transaction-isolation probe record to {topic!r} was not acknowledged")
-    for batch in read_to_end(bootstrap, topic, {0: delivered[0]}, passthrough, timeout=timeout,
+        raise BrokerError(f"the transaction-isolation probe record to {probe_topic!r} was not acknowledged")
+    for batch in read_to_end(bootstrap, probe_topic, {0: delivered[0]}, passthrough, timeout=timeout,
                              isolation_level="read_committed"):
         if any(m.key() == _PROBE_KEY and m.offset() == delivered[0] for m in batch):
             return False
