@@ -186,7 +186,7 @@ def test_done_memory_is_forgotten_after_the_horizon() -> None:
     assert summary(j.process([E("m", 212.5, 6)])) == [("n", "expired", False)]
     j.process([E("m2", 200.0 + 2 * D + G + G + 0.25, 7)])  # watermark 222.25 > 222
     assert j.process([L("n", 222.5, 3)]).examples == [] and j.pending_labels == 1
-    assert orjson.loads(j.drain_changes()["n"])[0] == "l"  # a pending label, no done entry
+    assert j.drain_changes()["n"][0] == "l"  # a pending label, no done entry
     assert j.counts["corrections"] == 0
 
 
@@ -284,25 +284,31 @@ def test_negative_policy_needs_a_default_label_and_kinds_are_checked() -> None:
 
 # ------------------------------------------------------------------------ changelog
 
+def json_rt(changes: dict[str, Any]) -> dict[str, Any]:
+    """``changes`` through JSON and back, as the changelog stores them."""
+    return orjson.loads(orjson.dumps(changes))  # type: ignore[no-any-return]
+
+
 def test_changelog_coalesces_per_id_and_tombstones_forgotten_ids() -> None:
     j = joiner()
     j.process([E("a", 100.0, 0), L("a", 101.0, 0), L("b", 100.0, 1)])
     changes = j.drain_changes()
     assert set(changes) == {"a", "b", META_KEY}
-    assert orjson.loads(changes["a"])[:2] == ["d", "joined"]  # a joined id stays a value, not None
-    assert orjson.loads(changes["b"])[0] == "l"
-    assert orjson.loads(changes[META_KEY]) == {"max_ts": 101.0, "idle_watermark": None, "seq": 2}
+    assert changes["a"] == ["d", "joined", 100.0]  # a joined id stays a value, not None
+    assert changes["b"] == ["l", 1, 1, 100.0, True]
+    assert changes[META_KEY] == {"max_ts": 101.0, "idle_watermark": None, "seq": 2}
+    assert orjson.loads(orjson.dumps(changes)) == changes  # JSON values, as the changelog writes them
     assert j.drain_changes() == {}  # nothing changed since
     j.process([E("z", 200.0, 1)])  # forgets a, b becomes unknown_id, z pends
     changes = j.drain_changes()
-    assert changes["a"] is None and changes["b"] is None and orjson.loads(changes["z"])[0] == "e"
+    assert changes["a"] is None and changes["b"] is None and changes["z"][0] == "e"
 
 
 def test_reserved_key_cannot_collide_with_an_id() -> None:
     j = joiner()
     j.process([E(META_KEY, 100.0, 0)])
     changes = j.drain_changes()
-    assert "\x00" + META_KEY in changes and orjson.loads(changes[META_KEY])["max_ts"] == 100.0
+    assert "\x00" + META_KEY in changes and changes[META_KEY]["max_ts"] == 100.0
     r = PartitionJoiner.restore(0, j.spec, changes.items(), clock=FakeClock())
     assert summary(r.process([L(META_KEY, 101.0, 0)])) == [(META_KEY, "joined", True)]
 
@@ -312,15 +318,40 @@ def test_restored_expired_negative_builds_the_same_correction(label: Any) -> Non
     j = joiner(default_label="none" if isinstance(label, str) else 0.0)
     j.process([E("a", 100.0, 3, x=-0.0, sv=None, pred="dog" if isinstance(label, str) else 1e-300),
                E("z", 113.0, 4)])
-    r = PartitionJoiner.restore(0, j.spec, j.drain_changes().items(), clock=FakeClock())
+    r = PartitionJoiner.restore(0, j.spec, json_rt(j.drain_changes()).items(), clock=FakeClock())
     expected = j.process([L("a", 112.0, 0, label)])
     assert expected.examples[0].outcome == "correction"
     assert r.process([L("a", 112.0, 0, label)]) == expected
 
 
-def test_restore_rejects_a_corrupt_value() -> None:
+@pytest.mark.parametrize("entry", [
+    ("a", ["q", 1]), ("a", b'["l", 0, 0, 1.0, true]'), ("a", {"e": 1}), ("a", ["e", 0, 0, 1.0, [1], None, None]),
+    ("a", ["e", "x", 0, 1.0, {}, None, None]), ("a", ["l", 0, 0]), ("a", 3), (META_KEY, ["max_ts"]),
+    (META_KEY, {"max_ts": "soon", "idle_watermark": None, "seq": 0}),
+])
+def test_restore_rejects_a_corrupt_value(entry: tuple[str, Any]) -> None:
     with pytest.raises(CodecError):
-        PartitionJoiner.restore(0, spec(), [("a", b"[\"q\", 1]")], clock=FakeClock())
+        PartitionJoiner.restore(0, spec(), [entry], clock=FakeClock())
+
+
+def test_snapshot_is_the_whole_state_and_leaves_the_change_log_alone() -> None:
+    j = joiner()
+    j.process([E("a", 100.0, 0), L("a", 101.0, 0), L("b", 100.0, 1), E("c", 100.5, 1), E("d", 100.5, 2)])
+    first = j.drain_changes()
+    j.process([E("e", 100.5, 3)])  # not drained yet: keeps its sequence number (4) in the snapshot
+    snap = j.snapshot()
+    assert snap == {"a": ["d", "joined", 100.0], "b": ["l", 0, 1, 100.0, True],
+                    "c": ["e", 1, 1, 100.5, {"x": 1.0, "c": "de", "b": True}, 3, 0.25],
+                    "d": ["e", 2, 2, 100.5, {"x": 1.0, "c": "de", "b": True}, 3, 0.25],
+                    "e": ["e", 4, 3, 100.5, {"x": 1.0, "c": "de", "b": True}, 3, 0.25],
+                    META_KEY: {"max_ts": 101.0, "idle_watermark": None, "seq": 5}}
+    assert first["c"][1] == 2 and first["d"][1] == 3  # drained numbers; the snapshot's keep their order
+    assert set(j.drain_changes()) == {"e", META_KEY}  # the snapshot did not consume the change log
+    r = PartitionJoiner.restore(0, j.spec, json_rt(snap).items(), clock=FakeClock())
+    for x in (j, r):
+        x.process([E("z", 113.0, 4)])
+    assert r.drain_changes() == j.drain_changes()
+    assert run(r, []) == run(j, [])
 
 
 def test_doctests() -> None:
@@ -501,7 +532,7 @@ def test_restore_from_the_changelog_continues_identically(sc: dict[str, Any], da
     at = data.draw(st.integers(0, len(ops)), label="restore point")
     policy = sc["policy"]
     original = PartitionJoiner(0, spec(policy), clock=FakeClock())
-    changelog: list[tuple[str, bytes | None]] = []
+    changelog: list[tuple[str, Any]] = []
 
     def apply(j: PartitionJoiner, op: Any, out: JoinOutput) -> None:
         if isinstance(op, list):
@@ -512,8 +543,8 @@ def test_restore_from_the_changelog_continues_identically(sc: dict[str, Any], da
     for op in ops[:at]:
         apply(original, op, JoinOutput())
         if op == "drain":
-            changelog.extend(original.drain_changes().items())
-    changelog.extend(original.drain_changes().items())
+            changelog.extend(json_rt(original.drain_changes()).items())
+    changelog.extend(json_rt(original.drain_changes()).items())
     restored = PartitionJoiner.restore(0, spec(policy), changelog, clock=FakeClock())
     assert (restored.watermark, restored.pending_events, restored.pending_labels, restored.remembered) == \
         (original.watermark, original.pending_events, original.pending_labels, original.remembered)
@@ -524,6 +555,56 @@ def test_restore_from_the_changelog_continues_identically(sc: dict[str, Any], da
             apply(j, op, out)
             if op == "drain":
                 j.drain_changes()
+        outs.append(out)
+    assert outs[0] == outs[1]
+    assert original.drain_changes() == restored.drain_changes()
+    assert run(original, []) == run(restored, [])
+
+
+@PROPERTY
+@given(scenarios(reuse=True), st.data())
+def test_restore_from_a_snapshot_and_later_drains_continues_identically(sc: dict[str, Any],
+                                                                        data: st.DataObject) -> None:
+    inputs = arrange(sc["records"], sc["noises"][0])
+    batches = split(inputs, data.draw(st.lists(st.integers(0, 10_000), min_size=1, max_size=12), label="cuts"))
+    ops: list[Any] = []
+    for batch in batches:
+        ops += [batch, data.draw(st.sampled_from(["", "drain", 2.0, 6.0, 9.0]), label="op")]
+    snap_at = data.draw(st.integers(0, len(ops)), label="snapshot point")
+    at = data.draw(st.integers(snap_at, len(ops)), label="restore point")
+    drain_first = data.draw(st.booleans(), label="drain before the snapshot")  # what the worker does
+    policy = sc["policy"]
+    original = PartitionJoiner(0, spec(policy), clock=FakeClock())
+    twin = PartitionJoiner(0, spec(policy), clock=FakeClock())  # the same, never snapshotted
+
+    def apply(j: PartitionJoiner, op: Any, out: JoinOutput) -> dict[str, Any] | None:
+        if isinstance(op, list):
+            out.extend(j.process(op))
+        elif isinstance(op, float):
+            out.extend(j.tick(now=op))
+        return j.drain_changes() if op == "drain" else None
+
+    for op in ops[:snap_at]:
+        for j in (original, twin):
+            apply(j, op, JoinOutput())
+    if drain_first:
+        assert original.drain_changes() == twin.drain_changes()
+    changelog = list(json_rt(original.snapshot()).items())
+    for op in ops[snap_at:at]:
+        changes = apply(original, op, JoinOutput())
+        assert changes == apply(twin, op, JoinOutput())  # the snapshot left the change log alone
+        if changes is not None:
+            changelog.extend(json_rt(changes).items())
+    changelog.extend(json_rt(original.drain_changes()).items())
+    twin.drain_changes()
+    restored = PartitionJoiner.restore(0, spec(policy), changelog, clock=FakeClock())
+    assert (restored.watermark, restored.pending_events, restored.pending_labels, restored.remembered) == \
+        (original.watermark, original.pending_events, original.pending_labels, original.remembered)
+    outs = []
+    for j in (original, restored):
+        out = JoinOutput()
+        for op in ops[at:]:
+            apply(j, op, out)
         outs.append(out)
     assert outs[0] == outs[1]
     assert original.drain_changes() == restored.drain_changes()

@@ -60,17 +60,21 @@ Capacity
 
 Changelog
     :meth:`PartitionJoiner.drain_changes` returns the state changed since the last
-    drain, one value per id (orjson bytes, or ``None`` for an id the joiner no longer
-    holds) plus :data:`META_KEY`. :meth:`PartitionJoiner.restore` rebuilds a joiner
-    from the latest value per key; the restored joiner produces exactly the outputs
-    the original would have produced. Counters and ``label_delays`` are metrics and
-    start from zero; ``last_arrival`` is set to ``clock()``. Values are JSON arrays:
+    drain, one JSON-able value per id (``None`` for an id the joiner no longer holds)
+    plus :data:`META_KEY` (a dict). :meth:`PartitionJoiner.snapshot` returns the whole
+    state in the same form (without touching the change log).
+    :meth:`PartitionJoiner.restore` rebuilds a joiner from such entries, the latest
+    value per key winning (a snapshot followed by the drains taken after it, or all
+    drains since the start); the restored joiner produces exactly the outputs the
+    original would have produced. Counters and ``label_delays`` are metrics and start
+    from zero; ``last_arrival`` is set to ``clock()``. Values are JSON arrays:
     ``["e", seq, offset, ts, features, served_version, prediction]`` (pending event),
     ``["l", seq, offset, ts, label]`` (pending label), ``["d", state, event_ts]``
     (done: ``joined``, ``corrected``, ``dropped``, ``dlq``) or ``["d", "expired",
     event_ts, offset, features, served_version, prediction]`` (an expired negative).
-    Deadlines and horizons are recomputed from the timestamps with the spec given to
-    ``restore``.
+    ``seq`` only orders pending entries (it breaks deadline ties). Deadlines and
+    horizons are recomputed from the timestamps with the spec given to ``restore``.
+    The encoding and the Kafka record layout are :mod:`ct_stream.join.changelog`'s.
 
 The module is pure: no Kafka, no I/O, no threads, no global state; time only through
 the injected ``clock``.
@@ -85,8 +89,6 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, NamedTuple, Sequence
-
-import orjson
 
 from ct_stream.errors import CodecError, CtStreamError, TopologyError
 from ct_stream.records import Event, Label, Reason
@@ -736,93 +738,149 @@ class PartitionJoiner:
         self._stale = 0
 
     # Changelog ---------------------------------------------------------------------
-    def drain_changes(self) -> dict[str, bytes | None]:
-        """The state changes since the last drain: ``{key: orjson bytes or None}``.
+    def drain_changes(self) -> dict[str, Any]:
+        """The state changes since the last drain: ``{key: JSON-able value or None}``.
 
-        One entry per changed id (its current state; ``None`` when the joiner no longer
-        holds it), plus :data:`META_KEY` when the watermark state or the sequence
-        counter changed. Drain regularly: the change log grows until drained (and holds
-        the entries of records that stopped pending since).
+        One entry per changed id (its current state as a list, see the module docstring;
+        ``None`` when the joiner no longer holds it), plus :data:`META_KEY` (a dict) when
+        the watermark state or the sequence counter changed. Drain regularly: the change
+        log grows until drained (and holds the entries of records that stopped pending
+        since). A value may share objects (a features dict) with the joiner: encode it
+        before the joiner runs again, do not change it.
         """
         seq = self._log_seq
-        created: dict[str, int] = {}  # id -> sequence number of its latest new pending entry
-        changed: dict[str, None] = {}
+        changed: dict[str, int | None] = {}  # id -> sequence number of its latest new pending entry
         for c in self._log:
             if type(c) is tuple:
-                created[c[0]] = seq
+                changed[c[0]] = seq
                 seq += 1
-                changed[c[0]] = None
-            else:
+            elif c not in changed:
                 changed[c] = None  # type: ignore[index]
-        changes: dict[str, bytes | None] = {}
-        events, labels, done, dumps = self._events, self._labels, self._done, orjson.dumps
-        for i in changed:
+        changes: dict[str, Any] = {}
+        events, labels, done, features = self._events, self._labels, self._done, self._features
+        for i, created in changed.items():
             key = "\x00" + i if i[:1] == "\x00" else i  # ids never collide with META_KEY
             e = events.get(i)
             if e is not None:  # pending now, so its latest new entry is this one
-                changes[key] = dumps(["e", created[i], e[2], e[1], self._features(e), e[3], e[4]])
+                changes[key] = ["e", created, e[2], e[1], features(e), e[3], e[4]]
                 continue
             e = labels.get(i)
             if e is not None:
-                changes[key] = dumps(["l", created[i], e[2], e[1], e[3]])
+                changes[key] = ["l", created, e[2], e[1], e[3]]
                 continue
             d = done.get(i)
             if d is None:
                 changes[key] = None
             elif d[2] is None:
-                changes[key] = dumps(["d", d[0], d[1]])
+                changes[key] = ["d", d[0], d[1]]
             else:
                 e = d[2]
-                changes[key] = dumps(["d", d[0], d[1], e[2], self._features(e), e[3], e[4]])
+                changes[key] = ["d", d[0], d[1], e[2], features(e), e[3], e[4]]
         self._log = []
         self._log_seq = self._seq
         meta = (self._max_ts, self._idle_wm, self._seq)
         if meta != self._drained_meta:
-            changes[META_KEY] = dumps({"max_ts": _enc_float(meta[0]), "idle_watermark": _enc_float(meta[1]),
-                                       "seq": meta[2]})
+            changes[META_KEY] = self._meta_value()
             self._drained_meta = meta
         return changes
 
+    def snapshot(self) -> dict[str, Any]:
+        """The whole state as changelog entries (same keys and values as
+        :meth:`drain_changes`): every pending event and label, every done entry still
+        held, and :data:`META_KEY`; ``restore(snapshot().items())`` continues exactly as
+        this joiner. The change log is not touched.
+
+        A pending entry created since the last drain keeps its sequence number; the
+        older ones (whose numbers are not stored) are numbered ``0, 1, ...`` in
+        (deadline, arrival) order, which keeps their arrival order among equal
+        deadlines and stays below the numbers of the undrained ones. So the drains
+        taken after a snapshot apply on top of it. O(state); for compaction, not per
+        record.
+        """
+        events, labels, features = self._events, self._labels, self._features
+        fresh: dict[str, int] = {}  # id -> sequence number, for live entries not drained yet
+        seq = self._log_seq
+        for c in self._log:
+            if type(c) is tuple:
+                if events.get(c[0]) is c or labels.get(c[0]) is c:
+                    fresh[c[0]] = seq
+                seq += 1
+        snap: dict[str, Any] = {}
+        rank = 0
+        # every live pending entry once, in (deadline, arrival) order: the unconsumed front,
+        # then the wheel buckets (each in arrival order; equal deadlines share a bucket)
+        for bucket in [self._front[self._front_pos:]] + [self._wheel[k] for k in sorted(self._wheel)]:
+            for e in bucket:
+                i = e[0]
+                key = "\x00" + i if i[:1] == "\x00" else i
+                if events.get(i) is e:
+                    tag = "e"
+                elif labels.get(i) is e:
+                    tag = "l"
+                else:
+                    continue  # stale (joined or expired since)
+                s = fresh.get(i)
+                if s is None:
+                    s, rank = rank, rank + 1
+                snap[key] = ["e", s, e[2], e[1], features(e), e[3], e[4]] if tag == "e" else \
+                    ["l", s, e[2], e[1], e[3]]
+        for i, d in self._done.items():
+            key = "\x00" + i if i[:1] == "\x00" else i
+            if d[2] is None:
+                snap[key] = ["d", d[0], d[1]]
+            else:
+                e = d[2]
+                snap[key] = ["d", d[0], d[1], e[2], features(e), e[3], e[4]]
+        snap[META_KEY] = self._meta_value()
+        return snap
+
+    def _meta_value(self) -> dict[str, Any]:
+        """The :data:`META_KEY` value of the current watermark state and sequence counter."""
+        return {"max_ts": _enc_float(self._max_ts), "idle_watermark": _enc_float(self._idle_wm), "seq": self._seq}
+
     @classmethod
-    def restore(cls, partition: int, spec: JoinSpec, entries: Iterable[tuple[str, bytes | None]], *,
+    def restore(cls, partition: int, spec: JoinSpec, entries: Iterable[tuple[str, Any]], *,
                 clock: Callable[[], float] = time.monotonic) -> PartitionJoiner:
-        """A joiner rebuilt from changelog entries (the latest value per key wins; ``None``
-        deletes). Raises :class:`~ct_stream.errors.CodecError` for a value that does not
-        decode."""
-        latest: dict[str, bytes | None] = {}
+        """A joiner rebuilt from changelog entries as :meth:`drain_changes` and
+        :meth:`snapshot` return them (decoded JSON; the latest value per key wins,
+        ``None`` deletes). Raises :class:`~ct_stream.errors.CodecError` for a value of the
+        wrong shape."""
+        latest: dict[str, Any] = {}
         for key, value in entries:
             latest[key] = value
         j = cls(partition, spec, clock=clock)
         pending: list[tuple[int, str, tuple[Any, ...]]] = []  # (seq, kind, entry)
         seq_counter = 0
-        for key, value in latest.items():
-            if value is None:
+        for key, v in latest.items():
+            if v is None:
                 continue
             try:
-                v = orjson.loads(value)
                 if key == META_KEY:
                     j._max_ts = _dec_float(v["max_ts"])
                     j._idle_wm = _dec_float(v["idle_watermark"])
                     seq_counter = int(v["seq"])
                     continue
                 i = key[1:] if key.startswith("\x00") else key
+                if type(v) is not list:
+                    raise ValueError(f"an entry is a list, got {type(v).__name__}")
                 tag = v[0]
                 if tag == "d" and v[1] in _DONE_STATES:
                     state, event_ts = v[1], float(v[2])
                     if state == _EXPIRED:
-                        kept = j._event_entry(i, event_ts, int(v[3]), v[4], v[5], v[6])
+                        kept = j._event_entry(i, event_ts, int(v[3]), _features_dict(v[4]), v[5], v[6])
                         j._remember(i, (state, event_ts, kept))
                     else:
                         j._remember(i, (state, event_ts, None))
                     continue
                 seq = int(v[1])
                 if tag == "e":
-                    pending.append((seq, "e", j._event_entry(i, float(v[3]), int(v[2]), v[4], v[5], v[6])))
+                    pending.append((seq, "e", j._event_entry(i, float(v[3]), int(v[2]), _features_dict(v[4]),
+                                                             v[5], v[6])))
                 elif tag == "l":
                     pending.append((seq, "l", (i, float(v[3]), int(v[2]), v[4])))
                 else:
                     raise ValueError(f"unknown entry {v[:3]!r}")
-            except (orjson.JSONDecodeError, ValueError, TypeError, KeyError, IndexError) as e:
+            except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
                 raise CodecError(f"joiner state, partition {partition}, key {key!r}: {e}") from e
         pending.sort(key=lambda p: p[0])  # arrival order: it breaks deadline ties
         for _, tag, e in pending:
@@ -835,6 +893,12 @@ class PartitionJoiner:
         j._wm = max(j._max_ts - j._grace, j._idle_wm)
         j._drained_meta = (j._max_ts, j._idle_wm, j._seq)
         return j
+
+
+def _features_dict(x: Any) -> dict[str, Any]:
+    if type(x) is not dict:
+        raise ValueError(f"features are a dict, got {type(x).__name__}")
+    return x
 
 
 def _enc_float(x: float) -> float | None:

@@ -34,6 +34,7 @@ from ct_stream.kafka.clients import TopicSpec, ensure_topics, read_to_end
 from ct_stream.kafka.group import GroupIO, Mode, probe_transaction_isolation
 from ct_stream.metrics import JoinerMetrics
 from ct_stream.join.arrow import example_messages
+from ct_stream.join.changelog import ChangelogWriter, read_changelog
 from ct_stream.join.merge import PartitionMerger
 from ct_stream.records import (Event, Label, Reason, Reject, decode_events, decode_labels, encode_event,
                                encode_label)
@@ -82,6 +83,7 @@ class JoinerWorker:
         self._last_commit = clock()
         self._last_tick = clock()
         self._reported: Counter[str] = Counter()
+        self._changelogs: dict[int, ChangelogWriter] = {}  # per assigned partition, made by _restore
 
     # Setup ---------------------------------------------------------------------------
     def setup(self) -> None:
@@ -124,18 +126,14 @@ class JoinerWorker:
         self.metrics.child(self.metrics.assigned).set(len(self.group.partitions))
 
     def _restore(self, partition: int) -> PartitionJoiner:
-        latest: dict[bytes, bytes | None] = {}
-        prefix = f"{partition}|".encode()
+        """The partition's joiner from its changelog (and its changelog writer, to go on)."""
         iso = "read_committed" if self.mode == "exactly_once" else "read_uncommitted"
-        for batch in read_to_end(self.bootstrap, self.t.state_topic, {partition: 0}, self.t.kafka,
-                                 isolation_level=iso):
-            for m in batch:
-                key = m.key()
-                if key is not None and key.startswith(prefix):
-                    latest[key] = m.value()
-        entries = [(k[len(prefix):].decode(), v) for k, v in latest.items() if v is not None]
+        batches = read_to_end(self.bootstrap, self.t.state_topic, {partition: 0}, self.t.kafka, isolation_level=iso)
+        entries, state = read_changelog(partition, ((m.key(), m.value()) for batch in batches for m in batch))
         joiner = PartitionJoiner.restore(partition, self.t.join, entries, clock=self.clock)
-        log.info("partition %d: restored %d state entries", partition, len(entries))
+        self._changelogs[partition] = ChangelogWriter(partition, state)
+        log.info("partition %d: restored %d state entries (generation %d, %d delta entries)",
+                 partition, len(entries), state.generation, state.delta_entries)
         return joiner
 
     def _on_revoke(self, tps: list[tuple[str, int]]) -> None:
@@ -143,6 +141,7 @@ class JoinerWorker:
         self._paused.difference_update(tps)
         for p in {p for _, p in tps}:
             self.group.remove_partition(p)
+            self._changelogs.pop(p, None)
             self._mergers.pop(p, None)
             self._buffers.pop(p, None)
         revoked = set(tps)
@@ -345,8 +344,9 @@ class JoinerWorker:
         self._buffers.clear()
         changelog = []
         for p, joiner in self.group.partitions.items():
-            for key, value in joiner.drain_changes().items():
-                changelog.append((t.state_topic, p, f"{p}|{key}".encode(), value))
+            for key, value in self._changelogs[p].records(joiner.drain_changes(), joiner.pending + joiner.remembered,
+                                                          joiner.snapshot):
+                changelog.append((t.state_topic, p, key, value))
         try:
             self.io.commit(dict(self._offsets), changelog)
         except Exception as e:  # noqa: BLE001 - any commit failure means: start over from the last commit
@@ -395,6 +395,7 @@ class JoinerWorker:
                 log.warning("closing the old clients failed: %s", e)
         self.io = None
         self.group = JoinerGroup(self.t.join, clock=self.clock)
+        self._changelogs.clear()
         self._buffers.clear()
         self._mergers.clear()
         self._offsets.clear()
