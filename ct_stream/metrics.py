@@ -109,6 +109,11 @@ class JoinerMetrics:
                                         buckets=_COMMIT_BUCKETS, registry=registry)
         self.lag = Gauge("ct_joiner_consumer_lag_records", "Records behind the end of the assigned input partitions.",
                          t + ["kind"], registry=registry)
+        self.forgotten_early = Counter("ct_joiner_forgotten_early_total",
+                                       "Closed ids forgotten before their horizon because max_remembered was "
+                                       "reached.", t, registry=registry)
+        self.remembered = Gauge("ct_joiner_remembered_ids",
+                                "Closed ids kept to catch duplicates and build corrections.", t, registry=registry)
         self.reorder_buffered = Gauge("ct_joiner_reorder_buffered_records",
                                       "Records held for event-time order across the two input topics, by kind.",
                                       t + ["kind"], registry=registry)

@@ -179,6 +179,9 @@ class JoinSpec(_Spec):
     ``timeout_policy``: what an expired event becomes: ``negative`` (an example with
     ``default_label``), ``drop`` (counted only) or ``dlq``.
     ``max_pending``: pending events per worker before the oldest expire early.
+    ``max_remembered``: ids per worker kept after they closed (to catch duplicates and
+    build corrections, for ``2 * max_label_delay + grace``) before the oldest are
+    forgotten early.
     ``commit_interval``: seconds between transactions (micro-batch commits).
     """
 
@@ -188,6 +191,7 @@ class JoinSpec(_Spec):
     timeout_policy: TimeoutPolicy = "negative"
     default_label: Any = None
     max_pending: int = 1_000_000
+    max_remembered: int = 4_000_000
     commit_interval: Any = "1s"
 
     def __post_init__(self) -> None:
@@ -202,6 +206,7 @@ class JoinSpec(_Spec):
             raise TopologyError(f"{s}.commit_interval", self.commit_interval, "a duration > 0")
         _choice(f"{s}.timeout_policy", self.timeout_policy, TimeoutPolicy)
         _positive_int(f"{s}.max_pending", self.max_pending)
+        _positive_int(f"{s}.max_remembered", self.max_remembered)
 
 
 @dataclass(frozen=True)

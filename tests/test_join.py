@@ -243,6 +243,23 @@ def test_capacity_expires_the_oldest_across_partitions() -> None:
     assert summary(group.process(0, [L("p0-a", 104.5, 0)])) == [("p0-a", "correction", True)]
 
 
+def test_max_remembered_forgets_the_oldest_closed_ids_early() -> None:
+    clock = FakeClock()
+    group = JoinerGroup(spec(max_remembered=50), clock=clock)
+    for p in (0, 1):
+        group.add_partition(PartitionJoiner(p, group.spec, clock=clock))
+    for k in range(200):  # ids close (join) in event-time order, alternating partitions
+        p, ts = k % 2, 100.0 + k * 0.1
+        group.process(p, [E(f"i{k}", ts, k), L(f"i{k}", ts + 0.05, k)])
+        assert sum(j.remembered for j in group.partitions.values()) <= 50
+    counts = group.counts
+    assert counts["joined"] == 200 and counts["forgotten_early"] >= 150
+    # the oldest were forgotten: a duplicate of i0 is new again; the newest is still caught
+    newest = group.partitions[1]
+    assert summary(group.process(0, [E("i0", 120.0, 900), L("i0", 120.1, 900)])) == [("i0", "joined", True)]
+    assert group.process(1, [E("i199", 120.2, 901)]).examples == [] and newest.counts["duplicate_events"] == 1
+
+
 @settings(max_examples=50, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 2), st.lists(st.tuples(st.booleans(), st.integers(0, 15),
                                                                   st.integers(0, 40)), max_size=8)),

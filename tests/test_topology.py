@@ -54,6 +54,7 @@ def test_sections_accept_dicts_and_parse_units():
     (dict(join={"max_label_delay": 0}), "join.max_label_delay"),
     (dict(join={"timeout_policy": "ignore"}), "join.timeout_policy"),
     (dict(join={"max_pending": 0}), "join.max_pending"),
+    (dict(join={"max_remembered": -1}), "join.max_remembered"),
     (dict(join={"default_label": 2}), "join.default_label"),
     (dict(join={"grase": 1}), "join.grase"),
     (dict(join=[1]), "join"),

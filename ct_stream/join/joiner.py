@@ -114,7 +114,7 @@ so no id can collide with it."""
 
 COUNTER_KEYS: tuple[str, ...] = (
     "events", "labels", "joined", "expired", "expired_dropped", "expired_dlq", "corrections",
-    "duplicate_events", "duplicate_labels", "late", "unknown_id", "capacity_expired",
+    "duplicate_events", "duplicate_labels", "late", "unknown_id", "capacity_expired", "forgotten_early",
 )
 """The keys of :attr:`PartitionJoiner.counts` (all present from the start, at 0)."""
 
@@ -542,6 +542,29 @@ class PartitionJoiner:
         self._trim_front()
         return out
 
+    def oldest_memory(self) -> int | None:
+        """The time bucket of the done-memory ids forgotten first (``None`` when empty)."""
+        return self._bucket_heap[0] if self._bucket_heap else None
+
+    def forget_oldest(self) -> int:
+        """Forget the done-memory ids of the oldest time bucket now, before their horizon
+        (for ``max_remembered``); return how many. A forgotten id is new again: a later
+        duplicate of it is joined anew, a late label for its expired negative waits as a
+        label instead of making a correction. Counted in ``forgotten_early``."""
+        if not self._bucket_heap:
+            return 0
+        k = heapq.heappop(self._bucket_heap)
+        done, horizon, width, log = self._done, self._horizon, self._bucket_width, self._log
+        n = 0
+        for i in self._buckets.pop(k):
+            d = done.get(i)
+            if d is not None and int((d[1] + horizon) // width) <= k:
+                del done[i]
+                log.append(i)
+                n += 1
+        self.counts["forgotten_early"] += n
+        return n
+
     # Internals ---------------------------------------------------------------------
     def _features(self, e: tuple[Any, ...]) -> dict[str, Any]:
         """The features dict of event entry ``e`` (a new dict unless the entry kept its own)."""
@@ -922,6 +945,7 @@ class JoinerGroup:
         self.spec = spec
         self._clock = clock
         self.max_pending: int = spec.max_pending
+        self.max_remembered: int = spec.max_remembered
         self.partitions: dict[int, PartitionJoiner] = {}
         self._retired: Counter[str] = Counter(dict.fromkeys(COUNTER_KEYS, 0))
 
@@ -962,6 +986,18 @@ class JoinerGroup:
         self._enforce_capacity(out)
         return out
 
+    def _enforce_memory(self) -> None:
+        """Keep the done memory of all partitions within ``max_remembered``: forget the
+        oldest time bucket (across partitions) until it fits."""
+        over = sum(j.remembered for j in self.partitions.values()) - self.max_remembered
+        while over > 0:
+            oldest = min(((k, p) for p, j in self.partitions.items() if (k := j.oldest_memory()) is not None),
+                         default=None)
+            if oldest is None:
+                return
+            self.partitions[oldest[1]].forget_oldest()
+            over = sum(j.remembered for j in self.partitions.values()) - self.max_remembered
+
     def enforce_capacity(self) -> JoinOutput:
         """Expire early what exceeds ``max_pending`` (what :meth:`process` does after
         joining, for a caller that calls each partition's ``process`` itself)."""
@@ -979,6 +1015,7 @@ class JoinerGroup:
         return out
 
     def _enforce_capacity(self, out: JoinOutput) -> None:
+        self._enforce_memory()
         excess = self.pending - self.max_pending
         if excess <= 0:
             return

@@ -362,6 +362,7 @@ class JoinerWorker:
                                     ("corrections", m.examples, ("correction",)),
                                     ("expired_dropped", m.dropped, ()),
                                     ("capacity_expired", m.capacity_expired, ()),
+                                    ("forgotten_early", m.forgotten_early, ()),
                                     ("duplicate_events", m.duplicates, ("event",)),
                                     ("duplicate_labels", m.duplicates, ("label",))):
             delta = counts[key] - self._reported[key]
@@ -375,6 +376,7 @@ class JoinerWorker:
         for kind in ("event", "label"):
             m.child(m.reorder_buffered, kind).set(sum(x.buffered(kind) for x in self._mergers.values()))  # type: ignore[arg-type]
         m.child(m.paused).set(len(self._paused))
+        m.child(m.remembered).set(sum(j.remembered for j in self.group.partitions.values()))
         closed = counts["joined"] + counts["expired"] + counts["expired_dropped"] + counts["expired_dlq"]
         if closed:
             m.child(m.label_coverage).set(counts["joined"] / closed)
