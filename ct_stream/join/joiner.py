@@ -61,7 +61,9 @@ Capacity
 Changelog
     :meth:`PartitionJoiner.drain_changes` returns the state changed since the last
     drain, one JSON-able value per id (``None`` for an id the joiner no longer holds)
-    plus :data:`META_KEY` (a dict). :meth:`PartitionJoiner.snapshot` returns the whole
+    plus :data:`META_KEY` (a dict). Ids forgotten at the horizon are the exception: that
+    follows from the watermark, so it is not logged, and ``restore`` forgets them again
+    from the restored watermark. :meth:`PartitionJoiner.snapshot` returns the whole
     state in the same form (without touching the change log).
     :meth:`PartitionJoiner.restore` rebuilds a joiner from such entries, the latest
     value per key winning (a snapshot followed by the drains taken after it, or all
@@ -679,10 +681,20 @@ class PartitionJoiner:
             elif self._peek(wm) is None:  # moves the next due wheel bucket to the front
                 break
         self._trim_front()
+        self._forget_past_horizon(wm)
+
+    def _forget_past_horizon(self, wm: float) -> None:
+        """Forget the done entries of the buckets past the horizon at watermark ``wm``.
+
+        Not written to the change log: which entries are forgotten follows from the
+        watermark alone (and an entry past the horizon counts as forgotten even while
+        still held), so :meth:`restore` forgets the same ones from the restored
+        watermark.
+        """
         bucket_heap = self._bucket_heap
         clean_below = self._clean_below(wm)
         if bucket_heap and bucket_heap[0] < clean_below:
-            done, horizon, width, log = self._done, self._horizon, self._bucket_width, self._log
+            done, horizon, width = self._done, self._horizon, self._bucket_width
             pop = heapq.heappop
             while bucket_heap and bucket_heap[0] < clean_below:
                 k = pop(bucket_heap)
@@ -692,7 +704,6 @@ class PartitionJoiner:
                         continue
                     if d[1] + horizon < wm:
                         del done[i]
-                        log.append(i)
                     elif int((d[1] + horizon) // width) <= k:
                         # float rounding at a bucket edge: look again with the next bucket
                         # (an id re-used after it was forgotten is already in its own bucket)
@@ -765,7 +776,8 @@ class PartitionJoiner:
         """The state changes since the last drain: ``{key: JSON-able value or None}``.
 
         One entry per changed id (its current state as a list, see the module docstring;
-        ``None`` when the joiner no longer holds it), plus :data:`META_KEY` (a dict) when
+        ``None`` when the joiner no longer holds it, except after forgetting at the
+        horizon, which is not logged), plus :data:`META_KEY` (a dict) when
         the watermark state or the sequence counter changed. Drain regularly: the change
         log grows until drained (and holds the entries of records that stopped pending
         since). A value may share objects (a features dict) with the joiner: encode it
@@ -914,6 +926,7 @@ class PartitionJoiner:
         j._log = []
         j._log_seq = j._seq
         j._wm = max(j._max_ts - j._grace, j._idle_wm)
+        j._forget_past_horizon(j._wm)  # as the original did at this watermark, unlogged
         j._drained_meta = (j._max_ts, j._idle_wm, j._seq)
         return j
 
