@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ct_stream.errors import CodecError
+from ct_stream.errors import CodecError, CtStreamError
 from ct_stream.join import META_KEY, JoinOutput, PartitionJoiner
 from ct_stream.join import changelog as changelog_module
 from ct_stream.join.changelog import ChangelogState, ChangelogWriter, read_changelog
@@ -52,6 +52,7 @@ class Worker:
     def __init__(self, j: PartitionJoiner, topic: Topic, state: ChangelogState | None = None,
                  **kw: Any) -> None:
         self.j, self.topic = j, topic
+        kw.setdefault("delta_ratio", 1.0)  # the tests below count entries against the state size
         self.w = ChangelogWriter(j.partition, state, **kw)
         self.max_size = 0
 
@@ -95,7 +96,8 @@ def test_writer_and_reader_round_trip_through_restarts_and_compaction(sc: dict[s
     ops.append("commit")
     at = data.draw(st.integers(0, len(ops) - 1), label="restart point")
     kw = {"max_bytes": data.draw(st.sampled_from([200, 600, 5_000, 500_000]), label="max_bytes"),
-          "min_entries": data.draw(st.sampled_from([1, 3, 10, 10_000]), label="min_entries")}
+          "min_entries": data.draw(st.sampled_from([1, 3, 10, 10_000]), label="min_entries"),
+          "delta_ratio": data.draw(st.sampled_from([0.5, 1.0, 4.0]), label="delta_ratio")}
     original = Worker(PartitionJoiner(0, spec(policy), clock=FakeClock()), [], **kw)
 
     def apply(worker: Worker, op: Any, out: JoinOutput) -> None:
@@ -129,7 +131,7 @@ def test_writer_and_reader_round_trip_through_restarts_and_compaction(sc: dict[s
     final = state_of(original.j)
     assert state_of(restarted.j) == final
     restored = []
-    bound = max(kw["min_entries"], original.max_size, restarted.max_size)
+    bound = max(kw["min_entries"], kw["delta_ratio"] * max(original.max_size, restarted.max_size))
     for worker in (original, restarted):
         for t in (worker.topic, compact(worker.topic)):
             r, st8 = restore(t, policy=policy)
@@ -311,3 +313,21 @@ def test_meta_key_survives_the_round_trip() -> None:
 def test_doctests() -> None:
     result = doctest.testmod(changelog_module)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_by_default_deltas_grow_to_four_times_the_state_before_a_snapshot() -> None:
+    j = joiner_with_state(6)
+    w = ChangelogWriter(0, min_entries=1)
+    assert w.delta_ratio == 4.0
+    size = j.pending + j.remembered
+    written = 0
+    while True:
+        j.process([E(f"n{written}", 101.0, 100 + written)])
+        changes = j.drain_changes()
+        recs = w.records(changes, size, j.snapshot)
+        if any(k == b"0|gen" for k, _ in recs):
+            break
+        written += len(changes)
+    assert 3 * size < written + len(changes) and written < 4 * size + 10
+    with pytest.raises(CtStreamError, match="delta_ratio: got 0"):
+        ChangelogWriter(0, delta_ratio=0)

@@ -25,13 +25,16 @@ Format
 
 Writing
     Normally a commit writes the delta chunk(s) of what changed. Once the entries
-    written as deltas since the last snapshot reach ``max(min_entries, state size)``,
-    the commit writes a snapshot instead (it already contains that commit's changes),
+    written as deltas since the last snapshot reach ``max(min_entries, delta_ratio *
+    state size)`` (``delta_ratio`` 4 by default: a snapshot costs as much as writing its
+    entries, so this bounds the snapshot work to a quarter of the delta work, while a
+    restore reads at most about five times the state), the commit writes a snapshot
+    instead (it already contains that commit's changes),
     in this order: the snapshot chunks of generation ``G' = G + 1`` (or higher, never a
     generation seen in the topic), then the marker ``{"gen": G'}``, then tombstones for
     every key of the previous generation and any stale key. So the topic holds about
-    one snapshot plus as many delta entries (at least ``min_entries``) per partition,
-    and compaction reclaims the rest.
+    one snapshot plus up to ``delta_ratio`` times as many delta entries (at least
+    ``min_entries``) per partition, and compaction reclaims the rest.
 
 Crash safety
     In exactly-once mode a commit's records are one transaction: all or nothing. In
@@ -102,12 +105,15 @@ class ChangelogWriter:
     docstring). ``state`` continues a changelog read back by :func:`read_changelog`."""
 
     def __init__(self, partition: int, state: ChangelogState | None = None, *, max_bytes: int = 500_000,
-                 min_entries: int = 10_000) -> None:
+                 min_entries: int = 10_000, delta_ratio: float = 4.0) -> None:
         if max_bytes < 64:
             raise CtStreamError(f"ChangelogWriter.max_bytes: got {max_bytes!r}; allowed: >= 64")
+        if not delta_ratio > 0:
+            raise CtStreamError(f"ChangelogWriter.delta_ratio: got {delta_ratio!r}; allowed: > 0")
         self.partition = partition
         self.max_bytes = max_bytes
         self.min_entries = min_entries
+        self.delta_ratio = delta_ratio
         s = state or ChangelogState()
         self.generation = s.generation
         self._next_gen = max(s.next_generation, s.generation + 1)
@@ -122,11 +128,11 @@ class ChangelogWriter:
                 snapshot: Callable[[], dict[str, Any]]) -> list[tuple[bytes, bytes | None]]:
         """The records for one commit: the delta chunks of ``changes`` (the joiner's
         :meth:`drain_changes`, already taken), or, once the delta entries since the last
-        snapshot reach ``max(min_entries, joiner_state_size)``, a snapshot (``snapshot()``,
+        snapshot reach ``max(min_entries, delta_ratio * joiner_state_size)``, a snapshot (``snapshot()``,
         taken after the drain) with its marker and tombstones. Write them in this order."""
         if not changes:
             return []
-        if self.delta_entries + len(changes) >= max(self.min_entries, joiner_state_size):
+        if self.delta_entries + len(changes) >= max(self.min_entries, self.delta_ratio * joiner_state_size):
             return self._snapshot_records(snapshot())
         out: list[tuple[bytes, bytes | None]] = []
         base = f"{self._prefix}{self.generation}|d|"
