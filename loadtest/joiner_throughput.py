@@ -8,6 +8,13 @@ the embedded broker (or --bootstrap), then measures on the same records:
 1. baseline: assign() + consume(num_messages=10000) + decode_events/decode_labels;
 2. the joiner worker (at-least-once on the embedded broker, with ``tune_gc()`` as
    ``ct-stream run`` does), from its first record until every input record is committed.
+   The input is bounded, so it ends with an end-of-input pair per partition: an event
+   and its label a day of event time after the last record. Their watermark releases
+   the records the worker holds for event-time order and expires every pending event,
+   so the run ends when the work is done, as a bounded source's final watermark does in
+   Flink or Beam. Without it the worker cannot know the input ended and would wait
+   ``idle_timeout`` of wall time (30 s by default) before releasing the last records.
+   Both measurements read the same records, end-of-input pairs included.
 
 Prints records/s for both and their ratio (goal: joiner >= 0.5x baseline). Then the
 memory check: RSS growth of the pure joiner holding 1,000,000 pending events (goal
@@ -29,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ct_stream.join import Input, PartitionJoiner  # noqa: E402
 from ct_stream.kafka.broker import EmbeddedBroker  # noqa: E402
 from ct_stream.kafka.clients import DeliveryTracker, make_producer, produce_retrying, read_range  # noqa: E402
-from ct_stream.records import Event, decode_events, decode_labels  # noqa: E402
+from ct_stream.records import Event, Label, decode_events, decode_labels, encode_event, encode_label  # noqa: E402
 from ct_stream.runtime import tune_gc  # noqa: E402
 from ct_stream.runtime.joiner import JoinerWorker  # noqa: E402
 from ct_stream.synthetic import generate  # noqa: E402
@@ -51,20 +58,32 @@ def produce(bootstrap: str, topology: Topology, n: int) -> tuple[DeliveryTracker
     for kind, key, value in stream:
         topic = topology.events_topic if kind == "event" else topology.labels_topic
         produce_retrying(producer, topic, value, key)
+    end_ts = 1_700_000_000.0 + n / 5000 + 86_400.0  # a day after the last event (generate's default start)
+    for p in range(topology.partitions):
+        sentinel = f"end-of-input-{p}"
+        features = {"x": 0.0, "n": 0, "flag": False, "c": "end"}
+        produce_retrying(producer, topology.events_topic,
+                         encode_event(Event(sentinel, end_ts, features, None, None), topology.record_schema),
+                         sentinel.encode(), partition=p)
+        produce_retrying(producer, topology.labels_topic,
+                         encode_label(Label(sentinel, end_ts, False), topology.record_schema),
+                         sentinel.encode(), partition=p)
     producer.flush(120)
     assert tracker.failed == 0, tracker.first_error
-    return tracker, len(stream)
+    return tracker, len(stream) + 2 * topology.partitions
 
 
 def baseline(bootstrap: str, topology: Topology, tracker: DeliveryTracker) -> tuple[int, float]:
     schema = topology.record_schema
     n = 0
-    started = time.perf_counter()
+    started = None  # like the joiner's clock: from the first batch handed over, not from connecting
     for topic, decode in ((topology.events_topic, decode_events), (topology.labels_topic, decode_labels)):
         for batch in read_range(bootstrap, topic, *tracker.offsets(topic)):
+            if started is None:
+                started = time.perf_counter()
             decode([m.value() for m in batch], schema, [m.timestamp()[1] for m in batch])
             n += len(batch)
-    return n, time.perf_counter() - started
+    return n, time.perf_counter() - (started or time.perf_counter())
 
 
 def joiner(bootstrap: str, topology: Topology, tracker: DeliveryTracker) -> tuple[int, float]:
@@ -76,15 +95,22 @@ def joiner(bootstrap: str, topology: Topology, tracker: DeliveryTracker) -> tupl
         for p, end in tracker.offsets(topic)[1].items():
             ends[(topic, p)] = end
     stop = threading.Event()
-    started = None
+    started: list[float] = []  # when the first poll hands over records (group join and assignment excluded)
+    poll = worker.io.poll
+
+    def timed_poll(*args, **kwargs):  # type: ignore[no-untyped-def]
+        msgs, at_end = poll(*args, **kwargs)
+        if msgs and not started:
+            started.append(time.perf_counter())
+        return msgs, at_end
+
+    worker.io.poll = timed_poll  # type: ignore[method-assign]
     while not stop.is_set():
         worker.step()
-        if started is None and worker._offsets:
-            started = time.perf_counter()
         if all(worker._offsets.get(tp, 0) >= end for tp, end in ends.items()):
             worker.commit()
             break
-    elapsed = time.perf_counter() - (started or time.perf_counter())
+    elapsed = time.perf_counter() - (started[0] if started else time.perf_counter())
     worker.close()
     return sum(ends.values()), elapsed
 
