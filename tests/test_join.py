@@ -323,7 +323,8 @@ def test_changelog_coalesces_per_id_and_deletes_ids_no_longer_held() -> None:
     assert set(changes) == {"a", "b", META_KEY}
     assert changes["a"] == ["d", "joined", 100.0]  # a joined id stays a value, not None
     assert changes["b"] == ["l", 1, 1, 100.0, True]
-    assert changes[META_KEY] == {"max_ts": 101.0, "idle_watermark": None, "seq": 2}
+    assert changes[META_KEY] == {"max_ts": 101.0, "idle_watermark": None, "seq": 2,
+                                "names": ["x", "c", "b"]}
     assert orjson.loads(orjson.dumps(changes)) == changes  # JSON values, as the changelog writes them
     assert j.drain_changes() == {}  # nothing changed since
     j.process([E("z", 200.0, 1)])  # forgets a (past the horizon), b becomes unknown_id, z pends
@@ -362,6 +363,23 @@ def test_restore_rejects_a_corrupt_value(entry: tuple[str, Any]) -> None:
         PartitionJoiner.restore(0, spec(), [entry], clock=FakeClock())
 
 
+def test_restore_reads_feature_values_by_the_meta_names_and_own_dicts_as_they_are() -> None:
+    j = joiner()
+    j.process([E("a", 100.0, 0), E("b", 100.2, 1)])
+    j.process([Input("event", Event("c", 100.4, {"other": 1.0}, None, None), 2)])  # other names: kept as a dict
+    changes = json_rt(j.drain_changes())
+    assert changes["a"][4] == [1.0, "de", True] and changes["c"][4] == {"other": 1.0}
+    r = PartitionJoiner.restore(0, j.spec, changes.items(), clock=FakeClock())
+    for label in (L("a", 101.0, 0), L("c", 101.0, 1)):
+        assert r.process([label]) == j.process([label])
+    meta = changes[META_KEY]
+    for bad_meta, bad_a in (({**meta, "names": ["x", "c"]}, None), ({**meta, "names": [1, 2, 3]}, None),
+                            (meta, ["e", 0, 0, 100.0, [1.0, "de"], 3, 0.25])):
+        bad = {**changes, META_KEY: bad_meta, **({"a": bad_a} if bad_a else {})}
+        with pytest.raises(CodecError):
+            PartitionJoiner.restore(0, j.spec, bad.items(), clock=FakeClock())
+
+
 def test_snapshot_is_the_whole_state_and_leaves_the_change_log_alone() -> None:
     j = joiner()
     j.process([E("a", 100.0, 0), L("a", 101.0, 0), L("b", 100.0, 1), E("c", 100.5, 1), E("d", 100.5, 2)])
@@ -369,10 +387,10 @@ def test_snapshot_is_the_whole_state_and_leaves_the_change_log_alone() -> None:
     j.process([E("e", 100.5, 3)])  # not drained yet: keeps its sequence number (4) in the snapshot
     snap = j.snapshot()
     assert snap == {"a": ["d", "joined", 100.0], "b": ["l", 0, 1, 100.0, True],
-                    "c": ["e", 1, 1, 100.5, {"x": 1.0, "c": "de", "b": True}, 3, 0.25],
-                    "d": ["e", 2, 2, 100.5, {"x": 1.0, "c": "de", "b": True}, 3, 0.25],
-                    "e": ["e", 4, 3, 100.5, {"x": 1.0, "c": "de", "b": True}, 3, 0.25],
-                    META_KEY: {"max_ts": 101.0, "idle_watermark": None, "seq": 5}}
+                    "c": ["e", 1, 1, 100.5, (1.0, "de", True), 3, 0.25],  # values in the meta's names order
+                    "d": ["e", 2, 2, 100.5, (1.0, "de", True), 3, 0.25],
+                    "e": ["e", 4, 3, 100.5, (1.0, "de", True), 3, 0.25],
+                    META_KEY: {"max_ts": 101.0, "idle_watermark": None, "seq": 5, "names": ["x", "c", "b"]}}
     assert first["c"][1] == 2 and first["d"][1] == 3  # drained numbers; the snapshot's keep their order
     assert set(j.drain_changes()) == {"e", META_KEY}  # the snapshot did not consume the change log
     r = PartitionJoiner.restore(0, j.spec, json_rt(snap).items(), clock=FakeClock())

@@ -74,6 +74,9 @@ Changelog
     ``["l", seq, offset, ts, label]`` (pending label), ``["d", state, event_ts]``
     (done: ``joined``, ``corrected``, ``dropped``, ``dlq``) or ``["d", "expired",
     event_ts, offset, features, served_version, prediction]`` (an expired negative).
+    ``features`` is the list of values in the order of the meta entry's ``names`` (the
+    feature names the joiner learnt from its first event), or a dict for an event with
+    other names. The meta entry is ``{"max_ts", "idle_watermark", "seq", "names"}``.
     ``seq`` only orders pending entries (it breaks deadline ties). Deadlines and
     horizons are recomputed from the timestamps with the spec given to ``restore``.
     The encoding and the Kafka record layout are :mod:`ct_stream.join.changelog`'s.
@@ -307,7 +310,7 @@ class PartitionJoiner:
         # of entries before it in the log).
         self._log: list[str | tuple[Any, ...]] = []
         self._log_seq = 0
-        self._drained_meta: tuple[float, float, int] = (_NEG_INF, _NEG_INF, 0)
+        self._drained_meta: tuple[float, float, int, tuple[str, ...] | None] = (_NEG_INF, _NEG_INF, 0, None)
         self._last_arrival = clock()
         self._label_delays: list[float] = []
         self.counts: Counter[str] = Counter(dict.fromkeys(COUNTER_KEYS, 0))
@@ -760,14 +763,10 @@ class PartitionJoiner:
 
     def _compact(self) -> None:
         """Drop the stale entries from the wheel (amortised O(1) per join)."""
-        events, labels = self._events, self._labels
-
-        def held(e: tuple[Any, ...]) -> bool:
-            return events.get(e[0]) is e or labels.get(e[0]) is e
-
+        ev, lb = self._events.get, self._labels.get  # an entry is held when its map still points at it
         for bucket in self._wheel.values():
-            bucket[:] = [e for e in bucket if held(e)]
-        self._front[:] = [e for e in self._front[self._front_pos:] if held(e)]
+            bucket[:] = [e for e in bucket if ev(e[0]) is e or lb(e[0]) is e]
+        self._front[:] = [e for e in self._front[self._front_pos:] if ev(e[0]) is e or lb(e[0]) is e]
         self._front_pos = 0
         self._stale = 0
 
@@ -792,7 +791,7 @@ class PartitionJoiner:
             elif c not in changed:
                 changed[c] = None  # type: ignore[index]
         changes: dict[str, Any] = {}
-        events, labels, done, features = self._events, self._labels, self._done, self._features
+        events, labels, done, features = self._events, self._labels, self._done, _feature_state
         for i, created in changed.items():
             key = "\x00" + i if i[:1] == "\x00" else i  # ids never collide with META_KEY
             e = events.get(i)
@@ -813,7 +812,7 @@ class PartitionJoiner:
                 changes[key] = ["d", d[0], d[1], e[2], features(e), e[3], e[4]]
         self._log = []
         self._log_seq = self._seq
-        meta = (self._max_ts, self._idle_wm, self._seq)
+        meta = (self._max_ts, self._idle_wm, self._seq, self._names)
         if meta != self._drained_meta:
             changes[META_KEY] = self._meta_value()
             self._drained_meta = meta
@@ -832,7 +831,7 @@ class PartitionJoiner:
         taken after a snapshot apply on top of it. O(state); for compaction, not per
         record.
         """
-        events, labels, features = self._events, self._labels, self._features
+        events, labels, features = self._events, self._labels, _feature_state
         fresh: dict[str, int] = {}  # id -> sequence number, for live entries not drained yet
         seq = self._log_seq
         for c in self._log:
@@ -870,8 +869,9 @@ class PartitionJoiner:
         return snap
 
     def _meta_value(self) -> dict[str, Any]:
-        """The :data:`META_KEY` value of the current watermark state and sequence counter."""
-        return {"max_ts": _enc_float(self._max_ts), "idle_watermark": _enc_float(self._idle_wm), "seq": self._seq}
+        """The :data:`META_KEY` value: watermark state, sequence counter, feature names."""
+        return {"max_ts": _enc_float(self._max_ts), "idle_watermark": _enc_float(self._idle_wm), "seq": self._seq,
+                "names": None if self._names is None else list(self._names)}
 
     @classmethod
     def restore(cls, partition: int, spec: JoinSpec, entries: Iterable[tuple[str, Any]], *,
@@ -886,6 +886,25 @@ class PartitionJoiner:
         j = cls(partition, spec, clock=clock)
         pending: list[tuple[int, str, tuple[Any, ...]]] = []  # (seq, kind, entry)
         seq_counter = 0
+        names: tuple[str, ...] | None = None
+        meta = latest.get(META_KEY)
+        try:
+            if meta is not None and meta.get("names") is not None:
+                names = tuple(meta["names"])
+                if not all(type(n) is str for n in names):
+                    raise ValueError("feature names are strings")
+                j._learn_names(dict.fromkeys(names))
+        except (AttributeError, TypeError, ValueError) as e:
+            raise CodecError(f"joiner state, partition {partition}, key {META_KEY!r}: {e}") from e
+
+        def feats(x: Any) -> dict[str, Any]:
+            if type(x) is dict:
+                return x
+            if (type(x) is list or type(x) is tuple) and names is not None and len(x) == len(names):
+                return dict(zip(names, x))
+            raise ValueError(f"features are a dict, or a list of {len(names or ())} values in the "
+                             f"meta entry's names, got {x!r:.80}")
+
         for key, v in latest.items():
             if v is None:
                 continue
@@ -902,15 +921,14 @@ class PartitionJoiner:
                 if tag == "d" and v[1] in _DONE_STATES:
                     state, event_ts = v[1], float(v[2])
                     if state == _EXPIRED:
-                        kept = j._event_entry(i, event_ts, int(v[3]), _features_dict(v[4]), v[5], v[6])
+                        kept = j._event_entry(i, event_ts, int(v[3]), feats(v[4]), v[5], v[6])
                         j._remember(i, (state, event_ts, kept))
                     else:
                         j._remember(i, (state, event_ts, None))
                     continue
                 seq = int(v[1])
                 if tag == "e":
-                    pending.append((seq, "e", j._event_entry(i, float(v[3]), int(v[2]), _features_dict(v[4]),
-                                                             v[5], v[6])))
+                    pending.append((seq, "e", j._event_entry(i, float(v[3]), int(v[2]), feats(v[4]), v[5], v[6])))
                 elif tag == "l":
                     pending.append((seq, "l", (i, float(v[3]), int(v[2]), v[4])))
                 else:
@@ -927,14 +945,17 @@ class PartitionJoiner:
         j._log_seq = j._seq
         j._wm = max(j._max_ts - j._grace, j._idle_wm)
         j._forget_past_horizon(j._wm)  # as the original did at this watermark, unlogged
-        j._drained_meta = (j._max_ts, j._idle_wm, j._seq)
+        j._drained_meta = (j._max_ts, j._idle_wm, j._seq, j._names)
         return j
 
 
-def _features_dict(x: Any) -> dict[str, Any]:
-    if type(x) is not dict:
-        raise ValueError(f"features are a dict, got {type(x).__name__}")
-    return x
+def _feature_state(e: tuple[Any, ...]) -> dict[str, Any] | tuple[Any, ...]:
+    """The features of event entry ``e`` as the changelog stores them: the values in the
+    joiner's feature-name order (a JSON array; the names are in the meta entry), or the
+    entry's own dict when it has other names."""
+    if len(e) == 7 and e[5] is _OWN_NAMES:
+        return e[6]  # type: ignore[no-any-return]
+    return e[5:]
 
 
 def _enc_float(x: float) -> float | None:
