@@ -92,6 +92,32 @@ class PartitionMerger:
         events, labels = self._queues["event"], self._queues["label"]
         out: list[tuple[str, Any]] = []
         append = out.append
+        if events and labels:  # the common case, in a tight loop: both queues hold records
+            e_pop, l_pop = events.popleft, labels.popleft
+            last_e = last_l = None
+            e, lb = events[0], labels[0]
+            while True:
+                et, lt = e[0], lb[0]
+                if et is not None and (lt is None or et > lt):
+                    l_pop()
+                    append(("label", lb[1]))
+                    if lt is not None:
+                        last_l = lt
+                    if not labels:
+                        break
+                    lb = labels[0]
+                else:
+                    e_pop()
+                    append(("event", e[1]))
+                    if et is not None:
+                        last_e = et
+                    if not events:
+                        break
+                    e = events[0]
+            if last_e is not None:
+                self._last_ts["event"] = last_e
+            if last_l is not None:
+                self._last_ts["label"] = last_l
         while True:
             if events and events[0][0] is None:
                 append(("event", events.popleft()[1]))
