@@ -579,28 +579,35 @@ def test_restore_from_the_changelog_continues_identically(sc: dict[str, Any], da
     policy = sc["policy"]
     original = PartitionJoiner(0, spec(policy), clock=FakeClock())
     changelog: list[tuple[str, Any]] = []
-
-    def apply(j: PartitionJoiner, op: Any, out: JoinOutput) -> None:
-        if isinstance(op, list):
-            out.extend(j.process(op))
-        elif isinstance(op, float):
-            out.extend(j.tick(now=op))
-
     for op in ops[:at]:
-        apply(original, op, JoinOutput())
-        if op == "drain":
-            changelog.extend(json_rt(original.drain_changes()).items())
+        changes = apply_op(original, op, JoinOutput())
+        if changes is not None:
+            changelog.extend(json_rt(changes).items())
     changelog.extend(json_rt(original.drain_changes()).items())
     restored = PartitionJoiner.restore(0, spec(policy), changelog, clock=FakeClock())
+    assert_continues_identically(original, restored, ops[at:])
+
+
+def apply_op(j: PartitionJoiner, op: Any, out: JoinOutput) -> dict[str, Any] | None:
+    """Run one step of a scenario: a batch, an idle tick at ``now=op`` (a float), or a
+    ``"drain"`` (its changes are returned)."""
+    if isinstance(op, list):
+        out.extend(j.process(op))
+    elif isinstance(op, float):
+        out.extend(j.tick(now=op))
+    return j.drain_changes() if op == "drain" else None
+
+
+def assert_continues_identically(original: PartitionJoiner, restored: PartitionJoiner, ops: list[Any]) -> None:
+    """``restored`` holds what ``original`` holds, and both give the same outputs and
+    changes through ``ops`` and a final flush."""
     assert (restored.watermark, restored.pending_events, restored.pending_labels, restored.remembered) == \
         (original.watermark, original.pending_events, original.pending_labels, original.remembered)
     outs = []
     for j in (original, restored):
         out = JoinOutput()
-        for op in ops[at:]:
-            apply(j, op, out)
-            if op == "drain":
-                j.drain_changes()
+        for op in ops:
+            apply_op(j, op, out)
         outs.append(out)
     assert outs[0] == outs[1]
     assert original.drain_changes() == restored.drain_changes()
@@ -622,39 +629,21 @@ def test_restore_from_a_snapshot_and_later_drains_continues_identically(sc: dict
     policy = sc["policy"]
     original = PartitionJoiner(0, spec(policy), clock=FakeClock())
     twin = PartitionJoiner(0, spec(policy), clock=FakeClock())  # the same, never snapshotted
-
-    def apply(j: PartitionJoiner, op: Any, out: JoinOutput) -> dict[str, Any] | None:
-        if isinstance(op, list):
-            out.extend(j.process(op))
-        elif isinstance(op, float):
-            out.extend(j.tick(now=op))
-        return j.drain_changes() if op == "drain" else None
-
     for op in ops[:snap_at]:
         for j in (original, twin):
-            apply(j, op, JoinOutput())
+            apply_op(j, op, JoinOutput())
     if drain_first:
         assert original.drain_changes() == twin.drain_changes()
     changelog = list(json_rt(original.snapshot()).items())
     for op in ops[snap_at:at]:
-        changes = apply(original, op, JoinOutput())
-        assert changes == apply(twin, op, JoinOutput())  # the snapshot left the change log alone
+        changes = apply_op(original, op, JoinOutput())
+        assert changes == apply_op(twin, op, JoinOutput())  # the snapshot left the change log alone
         if changes is not None:
             changelog.extend(json_rt(changes).items())
     changelog.extend(json_rt(original.drain_changes()).items())
     twin.drain_changes()
     restored = PartitionJoiner.restore(0, spec(policy), changelog, clock=FakeClock())
-    assert (restored.watermark, restored.pending_events, restored.pending_labels, restored.remembered) == \
-        (original.watermark, original.pending_events, original.pending_labels, original.remembered)
-    outs = []
-    for j in (original, restored):
-        out = JoinOutput()
-        for op in ops[at:]:
-            apply(j, op, out)
-        outs.append(out)
-    assert outs[0] == outs[1]
-    assert original.drain_changes() == restored.drain_changes()
-    assert run(original, []) == run(restored, [])
+    assert_continues_identically(original, restored, ops[at:])
 
 
 def test_dead_letter_record_is_not_part_of_equality() -> None:
