@@ -56,3 +56,17 @@ class BrokerError(CtStreamError):
 
 class BrokerNotInstalled(BrokerError):
     """A broker's program or jars are missing; the message says how to install them."""
+
+
+class LearnError(CtStreamError):
+    """A learner or metric (``ct_stream.learn``) got input or state it cannot use.
+
+    ``what`` names the argument (``X``, ``y``, ``state["coef"]``), ``value`` what was given,
+    ``allowed`` a short description of what would be accepted.
+    """
+
+    def __init__(self, what: str, value: Any, allowed: str) -> None:
+        self.what = what
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"{what}: got {_short(value)}; allowed: {allowed}")
