@@ -37,6 +37,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from ct_stream.errors import LearnError
+from ct_stream.learn._validate import finite_matrix
 
 __all__ = ["BatchLogisticRegression", "STATE_KIND"]
 
@@ -132,17 +133,7 @@ class BatchLogisticRegression:
 
     # ------------------------------------------------------------------ input checks
     def _check_X(self, X: ArrayLike) -> F64:
-        try:
-            arr = np.asarray(X, dtype=np.float64)
-        except (TypeError, ValueError) as e:
-            raise LearnError("X", type(X).__name__, f"a numeric 2-d array ({e})") from None
-        if arr.ndim != 2 or arr.shape[1] != self.n_features:
-            raise LearnError("X.shape", arr.shape, f"(rows, {self.n_features})")
-        bad = ~np.isfinite(arr)
-        if bad.any():
-            r, c = np.argwhere(bad)[0]
-            raise LearnError(f"X[{r}, {c}]", float(arr[r, c]), "a finite number (no NaN/inf)")
-        return arr
+        return finite_matrix(X, self.n_features)
 
     @staticmethod
     def _check_y(y: ArrayLike, rows: int) -> F64:
