@@ -58,11 +58,13 @@ class BrokerNotInstalled(BrokerError):
     """A broker's program or jars are missing; the message says how to install them."""
 
 
-class LearnError(CtStreamError):
-    """A learner or metric (``ct_stream.learn``) got input or state it cannot use.
+class InputError(CtStreamError):
+    """An argument, batch or saved state holds a value that is not allowed (the base of
+    the pure modules' errors below).
 
-    ``what`` names the argument (``X``, ``y``, ``state["coef"]``), ``value`` what was given,
-    ``allowed`` a short description of what would be accepted.
+    ``what`` names the argument or field (``X``, ``batch.schema``, ``config.alpha``),
+    ``value`` what was given or found, ``allowed`` a short description of what would be
+    accepted.
     """
 
     def __init__(self, what: str, value: Any, allowed: str) -> None:
@@ -70,3 +72,17 @@ class LearnError(CtStreamError):
         self.value = value
         self.allowed = allowed
         super().__init__(f"{what}: got {_short(value)}; allowed: {allowed}")
+
+
+class LearnError(InputError):
+    """A learner, metric or drift monitor (``ct_stream.learn``) got input or state it
+    cannot use."""
+
+
+class WindowError(InputError):
+    """The window store or a snapshot (``ct_stream.window``) got input it cannot use, or a
+    snapshot file does not verify."""
+
+
+class GateError(InputError):
+    """The champion/challenger gate (``ct_stream.gate``) got input or a setting it cannot use."""
