@@ -86,3 +86,28 @@ class WindowError(InputError):
 
 class GateError(InputError):
     """The champion/challenger gate (``ct_stream.gate``) got input or a setting it cannot use."""
+
+
+class RegistryError(InputError):
+    """A model-update message or artifact (``ct_stream.registry``) got input it cannot use,
+    or a version does not follow the previous one."""
+
+
+class VerificationError(CtStreamError):
+    """A received model-update message does not verify; nothing of it may be loaded.
+
+    ``reason`` is one of ``malformed`` (not a well-formed message), ``unsigned`` (no
+    signature and ``insecure`` not set), ``bad_signature``, ``missing_artifact`` (the
+    ``file://`` artifact cannot be read) and ``bad_hash`` (the artifact's sha256 differs);
+    ``detail`` says what was found.
+
+    >>> print(VerificationError("bad_hash", "sha256 abc..., message says def..."))
+    bad_hash: sha256 abc..., message says def...
+    """
+
+    REASONS = ("malformed", "unsigned", "bad_signature", "missing_artifact", "bad_hash")
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}")
