@@ -15,6 +15,13 @@ from ct_stream.learn.drift import (
 )
 from ct_stream.learn.linear import STATE_KIND, BatchLogisticRegression
 from ct_stream.learn.metrics import METRICS_STATE_KIND, PrequentialMetrics, roc_auc
+from ct_stream.learn.online import (
+    LearnStep,
+    OnlineLearner,
+    VersionMetrics,
+    learner_from_artifact,
+    make_learner,
+)
 
 __all__ = [
     "BatchLogisticRegression",
@@ -23,10 +30,15 @@ __all__ = [
     "DataDriftMonitor",
     "DriftSignal",
     "LearnError",
+    "LearnStep",
     "METRICS_STATE_KIND",
+    "OnlineLearner",
     "PrequentialMetrics",
     "STATE_KIND",
+    "VersionMetrics",
     "ks_statistic",
+    "learner_from_artifact",
+    "make_learner",
     "psi",
     "roc_auc",
 ]
