@@ -5,6 +5,7 @@ The only module that reads environment variables:
 - ``CT_STREAM_BOOTSTRAP``: the default of ``--bootstrap`` (an existing Kafka cluster).
 - ``CT_STREAM_CACHE_DIR``: where the Apache Kafka jars are cached (default
   ``~/.cache/ct-stream``).
+- ``CT_STREAM_SIGNING_KEY``: the HMAC-SHA256 key the trainer signs model updates with.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ _EPILOG = """\
 commands:
   demo       run the pipeline end to end on the embedded broker (or --bootstrap)
   broker     run a broker in the foreground and print its bootstrap address
-  run        run a topology's workers against Kafka (today: --role joiner)
+  run        run a topology's workers against Kafka (joiner, trainer, or both)
   validate   check topology files and say what is wrong, field by field
 
 Point any command at an existing Kafka cluster with --bootstrap HOST:PORT (or
@@ -80,16 +81,35 @@ def _parser() -> argparse.ArgumentParser:
             several with the same topology (distinct --instance) to split the partitions.
             On a broker that isolates transactions (Apache Kafka) it runs exactly-once;
             elsewhere (the embedded broker) at-least-once with dedupe by id downstream;
-            it logs which at start."""))
+            it logs which at start.
+
+            --role trainer: learn <name>.examples online (test-then-train), watch for
+            drift, retrain on snapshots of the recent window in a subprocess, gate every
+            candidate against the champion, and publish approved versions to
+            <name>.models, signed with the key in CT_STREAM_SIGNING_KEY (refuses to start
+            without one unless --insecure). One trainer per model: it checkpoints its
+            model with the offsets it learned up to under --data-dir and resumes there.
+
+            --role all (the default): the joiner and the trainer in one process."""))
     run.add_argument("topology", type=Path, metavar="TOPOLOGY")
-    run.add_argument("--role", choices=("joiner",), default="joiner",
-                     help="which worker to run (default joiner; trainer and all arrive with the trainer)")
+    run.add_argument("--role", choices=("all", "joiner", "trainer"), default="all",
+                     help="which worker to run (default all: joiner and trainer in one process)")
     run.add_argument("--instance", default="0",
                      help="this process's stable name among the topology's joiners: its transactional.id is "
                           "<name>.joiner.<instance>, so a restart with the same name fences its predecessor "
                           "(default 0)")
     run.add_argument("--mode", choices=("auto", "exactly_once", "at_least_once"), default="auto",
-                     help="auto (default): exactly-once if the broker isolates transactions, else at-least-once")
+                     help="joiner: auto (default): exactly-once if the broker isolates transactions, else "
+                          "at-least-once")
+    run.add_argument("--insecure", action="store_true",
+                     help="trainer: publish UNSIGNED model updates when CT_STREAM_SIGNING_KEY is not set "
+                          "(serving nodes must then also run insecure); for local experiments only")
+    run.add_argument("--checkpoint-interval", type=float, default=5.0,
+                     help="trainer: seconds between checkpoints of the model with its offsets (default 5); "
+                          "after a crash at most this much learning is redone")
+    run.add_argument("--data-dir", type=Path, default=None,
+                     help="trainer: checkpoint, snapshots and retrain jobs (default: the topology's "
+                          "retrain.data_dir)")
     run.add_argument("--metrics-port", type=int, default=None,
                      help="serve Prometheus metrics on http://--metrics-host:PORT/metrics (0: a free port)")
     run.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port (default 127.0.0.1)")
@@ -214,11 +234,40 @@ def _cmd_run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     tune_gc()
-    worker = JoinerWorker(topology, args.bootstrap, instance=args.instance, mode=args.mode, registry=registry)
-    worker.setup()
-    print(f"joiner {topology.name!r} instance {args.instance} running in {worker.mode} mode on {args.bootstrap}",
-          flush=True)
-    worker.run(stop)
+    workers: list = []
+    if args.role in ("joiner", "all"):
+        joiner = JoinerWorker(topology, args.bootstrap, instance=args.instance, mode=args.mode, registry=registry)
+        joiner.setup()
+        print(f"joiner {topology.name!r} instance {args.instance} running in {joiner.mode} mode on {args.bootstrap}",
+              flush=True)
+        workers.append(joiner)
+    if args.role in ("trainer", "all"):
+        from ct_stream.runtime.trainer import TrainerWorker
+
+        key = os.environ.get("CT_STREAM_SIGNING_KEY") or None
+        if key is None and not args.insecure:
+            print("error: CT_STREAM_SIGNING_KEY: not set; allowed: the HMAC key model updates are signed with "
+                  "(serving nodes verify with the same key), or --insecure to publish unsigned updates",
+                  file=sys.stderr)
+            return 2
+        trainer = TrainerWorker(topology, args.bootstrap, signing_key=key.encode() if key else None,
+                                insecure=args.insecure, registry=registry, data_dir=args.data_dir,
+                                checkpoint_interval=args.checkpoint_interval)
+        trainer.setup()
+        print(f"trainer {topology.name!r} running ({trainer.learner.path} path, {trainer.learned} examples learned, "
+              f"champion v{trainer.champion_version}) on {args.bootstrap}", flush=True)
+        workers.append(trainer)
+    if len(workers) == 1:
+        workers[0].run(stop)
+        return 0
+    trainer.poll_timeout = 0.0  # the joiner's poll is the one that waits when there is nothing to do
+    try:  # both in one thread, one step each in turn
+        while not stop.is_set():
+            joiner.tick()
+            trainer.step()
+    finally:
+        joiner.close()
+        trainer.close()
     return 0
 
 

@@ -111,3 +111,8 @@ class VerificationError(CtStreamError):
         self.reason = reason
         self.detail = detail
         super().__init__(f"{reason}: {detail}")
+
+
+class TrainerError(InputError):
+    """The trainer (``ct_stream.runtime.trainer``) cannot start with the settings given
+    (no signing key, a model that cannot be sent to the retrain subprocess, ...)."""

@@ -20,7 +20,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import HistogramMetricFamily, Metric
 
-__all__ = ["BulkHistogram", "JoinerMetrics", "serve_metrics"]
+__all__ = ["BulkHistogram", "JoinerMetrics", "TrainerMetrics", "serve_metrics"]
 
 _DELAY_BUCKETS = (0.1, 0.5, 1, 5, 15, 30, 60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 86400, 7 * 86400)
 _COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -123,6 +123,64 @@ class JoinerMetrics:
         self.assigned = Gauge("ct_joiner_assigned_partitions", "Input partitions this worker owns.", t,
                               registry=registry)
         self.topology = topology
+
+    def child(self, metric: Counter | Gauge | Histogram, *labels: str) -> Counter | Gauge | Histogram:
+        """``metric`` with this worker's topology label and ``labels``."""
+        return metric.labels(self.topology, *labels)
+
+
+_RETRAIN_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+_PUBLISH_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class TrainerMetrics:
+    """The trainer's metrics. Every metric carries the ``topology`` label (its name).
+
+    >>> m = TrainerMetrics(CollectorRegistry(), topology="demo")
+    >>> m.child(m.learned).inc(5)
+    >>> m.registry.get_sample_value("ct_trainer_examples_learned_total", {"topology": "demo"})
+    5.0
+    """
+
+    def __init__(self, registry: CollectorRegistry, topology: str) -> None:
+        self.registry = registry
+        self.topology = topology
+        t = ["topology"]
+        self.learned = Counter("ct_trainer_examples_learned_total",
+                               "Examples the online model has learned (test-then-train).", t, registry=registry)
+        self.bad_messages = Counter("ct_trainer_bad_messages_total",
+                                    "Examples-topic messages that could not be learned, by reason; each goes "
+                                    "to the dead-letter topic.", t + ["reason"], registry=registry)
+        self.prequential = Gauge("ct_trainer_prequential",
+                                 "Prequential metric of the online model (log_loss, accuracy, roc_auc, mae, "
+                                 "rmse), cumulative or over the rolling window.",
+                                 t + ["metric", "scope"], registry=registry)
+        self.served = Gauge("ct_trainer_served_metric",
+                            "Metric of the served predictions carried by the examples, per served version.",
+                            t + ["version", "metric"], registry=registry)
+        self.drift = Counter("ct_trainer_drift_detections_total",
+                             "Drift detections, by detector (concept: the error stream; data: a feature's "
+                             "distribution).", t + ["detector"], registry=registry)
+        self.retrains = Counter("ct_trainer_retrains_total", "Retrains started, by trigger (examples, schedule, "
+                                "drift).", t + ["trigger"], registry=registry)
+        self.retrain_failures = Counter("ct_trainer_retrain_failures_total",
+                                        "Retrain subprocesses that failed (see the log).", t, registry=registry)
+        self.retrain_seconds = Histogram("ct_trainer_retrain_duration_seconds",
+                                         "Wall time of one retrain subprocess.", t, buckets=_RETRAIN_BUCKETS,
+                                         registry=registry)
+        self.gate = Counter("ct_trainer_gate_decisions_total",
+                            "Gate decisions, by candidate (retrain, online) and decision (approve, reject).",
+                            t + ["candidate", "decision"], registry=registry)
+        self.champion = Gauge("ct_trainer_champion_version", "The version serving now (0: none yet).", t,
+                              registry=registry)
+        self.publish_seconds = Histogram("ct_trainer_publish_duration_seconds",
+                                         "Time from an approved gate decision to the broker's acknowledgement of "
+                                         "the model update.", t, buckets=_PUBLISH_BUCKETS, registry=registry)
+        self.checkpoint_seconds = Histogram("ct_trainer_checkpoint_duration_seconds",
+                                            "Time to write one checkpoint (model state and offsets).", t,
+                                            buckets=_COMMIT_BUCKETS, registry=registry)
+        self.lag = Gauge("ct_trainer_consumer_lag_records", "Examples-topic records not read yet.", t,
+                         registry=registry)
 
     def child(self, metric: Counter | Gauge | Histogram, *labels: str) -> Counter | Gauge | Histogram:
         """``metric`` with this worker's topology label and ``labels``."""

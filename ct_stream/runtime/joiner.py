@@ -155,12 +155,17 @@ class JoinerWorker:
         if self.io is None:
             self.setup()
         while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
-            try:
-                self.step()
-            except (_Restart, BrokerError) as e:
-                log.warning("joiner %s: %s; starting over from the last commit", self.t.name, e)
-                self._start_over()
+            self.tick()
         self.close()
+
+    def tick(self) -> None:
+        """:meth:`step`, starting over from the last commit when the state no longer matches it
+        (lost partitions, fencing, a failed commit). For loops that drive several workers."""
+        try:
+            self.step()
+        except (_Restart, BrokerError) as e:
+            log.warning("joiner %s: %s; starting over from the last commit", self.t.name, e)
+            self._start_over()
 
     def step(self) -> None:
         """One poll: decode, order by event time, join, buffer; commit when the interval has passed."""

@@ -1,0 +1,243 @@
+"""The trainer worker against a real broker: learn, drift, retrain, gate, signed publish."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from ct_stream.errors import TrainerError, VerificationError
+from ct_stream.kafka.clients import DeliveryTracker, make_producer, produce_retrying
+from ct_stream.kafka.trainer_io import ModelPublisher, read_topic
+from ct_stream.learn.online import learner_from_artifact, make_learner
+from ct_stream.records import encode_examples, examples_to_batch
+from ct_stream.registry import ModelUpdate, make_artifact, sign, store_artifact, verify, verify_with_artifact
+from ct_stream.runtime.trainer import TrainerWorker
+from ct_stream.topology import Topology
+
+KEY = b"test-signing-key"
+
+
+def sine_stream(function: int, seed: int) -> Iterator[tuple[dict[str, float], bool]]:
+    """River's Sine generator; function 1 is function 0 with every label flipped."""
+    from river.datasets import synth
+
+    for x, y in synth.Sine(classification_function=function, seed=seed):
+        yield {"x0": x[0], "x1": x[1]}, bool(y)
+
+
+def topology(name: str, tmp_path: Path, **sections: Any) -> Topology:
+    spec: dict[str, Any] = {
+        "retrain": {"every_examples": None, "every_seconds": None, "on_drift": True, "cooldown": "0s",
+                    "window_rows": 20_000, "data_dir": str(tmp_path / "data")},
+        "gate": {"holdout_size": 600, "min_samples": 300},
+        "publish": {"online_every": "1h", "artifact_dir": str(tmp_path / "artifacts")},
+        "drift": {"data_method": "none"},
+    }
+    for section, values in sections.items():
+        spec[section] = {**spec.get(section, {}), **values}
+    return Topology(name=name, events_topic=f"{name}.events", labels_topic=f"{name}.labels",
+                    features={"x0": "float", "x1": "float"}, label_type="binary", partitions=2, **spec)
+
+
+def produce_examples(bootstrap: str, t: Topology, rows: list[tuple[dict[str, float], bool]],
+                     per_message: int = 200, start: int = 0, partition: int | None = None) -> int:
+    """Write ``rows`` as joined examples, ``per_message`` rows per Arrow message, round robin
+    over the partitions (or all to ``partition``); returns the number of messages."""
+    tracker = DeliveryTracker()
+    producer = make_producer(bootstrap, on_delivery=tracker)
+    messages = 0
+    for i in range(0, len(rows), per_message):
+        chunk = rows[i:i + per_message]
+        batch = examples_to_batch([
+            {"id": f"e{start + i + j}", "event_ts": 1.7e9 + start + i + j, "label_ts": 1.7e9 + start + i + j + 1,
+             "label": y, "outcome": "joined", "source_partition": messages % t.partitions,
+             "source_offset": start + i + j, **x}
+            for j, (x, y) in enumerate(chunk)], t.record_schema)
+        produce_retrying(producer, t.examples_topic, encode_examples(batch),
+                         partition=messages % t.partitions if partition is None else partition)
+        messages += 1
+    producer.flush(60)
+    assert tracker.failed == 0, tracker.first_error
+    return messages
+
+
+def run_until(worker: TrainerWorker, condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        worker.step()
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def updates(bootstrap: str, t: Topology) -> list[ModelUpdate]:
+    return [verify(value, KEY) for _, value, _, _ in read_topic(bootstrap, t.models_topic)]
+
+
+def accuracy(update_value: bytes, t: Topology, rows: list[tuple[dict[str, float], bool]]) -> float:
+    update, data = verify_with_artifact(update_value, KEY)
+    model = learner_from_artifact(update.artifact_format, data, t)
+    batch = examples_to_batch([{"id": str(i), "event_ts": 0.0, "label": y, "outcome": "joined",
+                                "source_partition": 0, "source_offset": i, **x}
+                               for i, (x, y) in enumerate(rows)], t.record_schema)
+    p = model.predictions(batch)
+    return float(np.mean((p > 0.5) == np.array([y for _, y in rows])))
+
+
+def test_trainer_refuses_to_start_unsigned_without_insecure(tmp_path: Path) -> None:
+    t = topology("unsigned", tmp_path)
+    with pytest.raises(TrainerError, match="CT_STREAM_SIGNING_KEY"):
+        TrainerWorker(t, "127.0.0.1:1")
+
+
+def test_drift_triggers_a_retrain_whose_promoted_version_recovers(broker: Any, tmp_path: Path) -> None:
+    """An abrupt concept drift (Sine function 0 -> 1: every label flips) is detected after the
+    change point, a retrain on the rows since the detection is gated against the
+    pre-drift champion and promoted, and it predicts the new concept better."""
+    t = topology(broker.topic("drift"), tmp_path, retrain={"every_examples": 3000})
+    before = list(itertools.islice(sine_stream(0, seed=1), 4000))
+    after = list(itertools.islice(sine_stream(1, seed=2), 5000))
+    fresh_after = list(itertools.islice(sine_stream(1, seed=3), 2000))
+    registry = CollectorRegistry()
+    worker = TrainerWorker(t, broker.bootstrap, signing_key=KEY, registry=registry)
+    worker.setup()
+    try:
+        produce_examples(broker.bootstrap, t, before)
+        # the volume trigger at 3000 examples makes the first champion: the pre-drift concept
+        run_until(worker, lambda: worker.champion_version == 1 and worker.learned == 4000, 120,
+                  "v1 from the volume-triggered retrain")
+        assert registry.get_sample_value("ct_trainer_drift_detections_total",
+                                         {"topology": t.name, "detector": "concept"}) in (None, 0.0)
+        produce_examples(broker.bootstrap, t, after, start=len(before))
+        run_until(worker, lambda: worker.champion_version == 2, 180, "v2 from the drift-triggered retrain")
+        detections = registry.get_sample_value("ct_trainer_drift_detections_total",
+                                               {"topology": t.name, "detector": "concept"})
+        assert detections and detections >= 1
+        assert registry.get_sample_value("ct_trainer_retrains_total", {"topology": t.name, "trigger": "drift"}) == 1
+    finally:
+        worker.close()
+    raw = {verify(v, KEY).version: v for _, v, _, _ in read_topic(broker.bootstrap, t.models_topic)}
+    assert sorted(raw) == [1, 2]
+    v1, v2 = verify(raw[1], KEY), verify(raw[2], KEY)
+    assert v2.parent_version == 1 and v2.action == "promote"
+    assert v2.lineage["snapshot"] is not None and Path(v2.lineage["snapshot"]["path"]).exists()
+    report = v2.gate_report
+    assert report is not None and report["decision"] == "approve"
+    assert report["champion_mean_loss"] > report["challenger_mean_loss"]
+    # on fresh data of the new concept the promoted model beats the pre-drift champion
+    acc1, acc2 = accuracy(raw[1], t, fresh_after), accuracy(raw[2], t, fresh_after)
+    assert acc2 > acc1 and acc2 > 0.6, (acc1, acc2)
+    assert sum(v1.lineage["examples_offsets"].values()) <= sum(v2.lineage["examples_offsets"].values())
+
+
+def test_a_worse_candidate_is_rejected_and_the_champion_stays(broker: Any, tmp_path: Path) -> None:
+    """A champion trained on 20k examples is published first; the trainer's retrain learns
+    only the ~900 rows it has seen, which is not better: the gate rejects it and nothing is
+    published."""
+    t = topology(broker.topic("worse"), tmp_path, retrain={"every_examples": 1500})
+    good = make_learner(t)
+    train = list(itertools.islice(sine_stream(0, seed=5), 20_000))
+    good.learn(examples_to_batch([{"id": str(i), "event_ts": 0.0, "label": y, "outcome": "joined",
+                                   "source_partition": 0, "source_offset": i, **x}
+                                  for i, (x, y) in enumerate(train)], t.record_schema))
+    fmt, data = good.artifact()
+    inline, uri, sha = store_artifact(data, tmp_path / "a", t.model_name, 1)
+    v1 = ModelUpdate(name=t.model_name, version=1, parent_version=None, action="promote", created_at=1.0,
+                     artifact_format=fmt, artifact_sha256=sha, artifact_inline=inline, artifact_uri=uri)
+    from ct_stream.kafka.clients import TopicSpec, ensure_topics
+
+    ensure_topics(broker.bootstrap, [TopicSpec(t.models_topic, 1, 1, {"cleanup.policy": "compact"})])
+    publisher = ModelPublisher(broker.bootstrap, t.models_topic)
+    publisher.publish(t.model_name.encode(), sign(v1, KEY))
+    publisher.close()
+    registry = CollectorRegistry()
+    worker = TrainerWorker(t, broker.bootstrap, signing_key=KEY, registry=registry)
+    worker.setup()
+    assert worker.champion_version == 1
+    try:
+        produce_examples(broker.bootstrap, t, list(itertools.islice(sine_stream(0, seed=6), 1600)))
+        run_until(worker, lambda: registry.get_sample_value(
+            "ct_trainer_gate_decisions_total", {"topology": t.name, "candidate": "retrain", "decision": "reject"}),
+            120, "the gate's decision on the retrained candidate")
+    finally:
+        worker.close()
+    assert registry.get_sample_value("ct_trainer_gate_decisions_total",
+                                     {"topology": t.name, "candidate": "retrain", "decision": "approve"}) is None
+    assert [u.version for u in updates(broker.bootstrap, t)] == [1]
+    assert worker.champion_version == 1
+
+
+def test_published_updates_verify_and_tampering_is_detected(broker: Any, tmp_path: Path) -> None:
+    """The online model is offered at the publish cadence; with no champion the gate judges
+    the guards only and v1 goes out signed, with lineage offsets that cover what it learned."""
+    t = topology(broker.topic("publish"), tmp_path, publish={"online_every": "0s"})
+    worker = TrainerWorker(t, broker.bootstrap, signing_key=KEY)
+    worker.setup()
+    try:
+        messages = produce_examples(broker.bootstrap, t, list(itertools.islice(sine_stream(0, seed=7), 1000)))
+        run_until(worker, lambda: worker.learned == 1000 and worker.champion_version >= 1, 60, "v1")
+    finally:
+        worker.close()
+    (_, value, _, _), *_ = read_topic(broker.bootstrap, t.models_topic)
+    update = verify(value, KEY)
+    assert update.artifact_format == "ct_stream.linear/1"
+    assert sum(update.lineage["examples_offsets"].values()) <= messages
+    with pytest.raises(VerificationError) as e:
+        verify(value.replace(b'"action":"promote"', b'"action":"rollback"'), KEY)
+    assert e.value.reason == "bad_signature"
+    with pytest.raises(VerificationError) as e:
+        verify(value, b"another key")
+    assert e.value.reason == "bad_signature"
+
+
+def test_undecodable_examples_go_to_the_dlq_and_learning_goes_on(broker: Any, tmp_path: Path) -> None:
+    t = topology(broker.topic("bad"), tmp_path)
+    worker = TrainerWorker(t, broker.bootstrap, signing_key=KEY)
+    worker.setup()
+    try:
+        producer = make_producer(broker.bootstrap)
+        produce_retrying(producer, t.examples_topic, b"not arrow", partition=0)
+        producer.flush(30)
+        produce_examples(broker.bootstrap, t, list(itertools.islice(sine_stream(0, seed=8), 400)))
+        run_until(worker, lambda: worker.learned == 400, 60, "400 examples learned")
+        worker.checkpoint()
+    finally:
+        worker.close()
+    dlq = [(k, v, p, o) for k, v, p, o in read_topic(broker.bootstrap, t.dlq_topic)]
+    assert [v for _, v, _, _ in dlq] == [b"not arrow"]
+
+
+def test_restart_resumes_from_the_checkpoint(broker: Any, tmp_path: Path) -> None:
+    """A worker that stops after a checkpoint and a new one on the same data dir learn every
+    example exactly once, and the restored model continues where the first left off."""
+    t = topology(broker.topic("resume"), tmp_path)
+    rows = list(itertools.islice(sine_stream(0, seed=9), 2000))
+    first = TrainerWorker(t, broker.bootstrap, signing_key=KEY)
+    first.setup()
+    produce_examples(broker.bootstrap, t, rows[:1000], partition=0)  # one partition: one order
+    run_until(first, lambda: first.learned == 1000, 60, "the first 1000 examples")
+    first.close()
+    state_after_first = first.learner.state()
+    produce_examples(broker.bootstrap, t, rows[1000:], start=1000, partition=0)
+    second = TrainerWorker(t, broker.bootstrap, signing_key=KEY)
+    second.setup()
+    assert second.learned == 1000 and second.learner.state() == state_after_first
+    try:
+        run_until(second, lambda: second.learned == 2000, 60, "the rest")
+    finally:
+        second.close()
+    reference = make_learner(t)
+    for i in range(0, 2000, 200):
+        reference.learn(examples_to_batch([
+            {"id": f"e{i + j}", "event_ts": 0.0, "label": y, "outcome": "joined", "source_partition": 0,
+             "source_offset": i + j, **x} for j, (x, y) in enumerate(rows[i:i + 200])], t.record_schema))
+    assert second.learner.metrics()["n"] == pytest.approx(reference.metrics()["n"])
+    assert second.learner.metrics()["log_loss"] == pytest.approx(reference.metrics()["log_loss"], rel=1e-9)
