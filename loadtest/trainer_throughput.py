@@ -1,0 +1,203 @@
+"""Trainer throughput: the full loop, the trainer alone, and a per-example model against River.
+
+    python loadtest/trainer_throughput.py [--events 200000] [--tree-examples 30000] [--bootstrap HOST:PORT]
+
+On the embedded broker (or --bootstrap), with 10 float features and a binary label
+(wall time, ``time.perf_counter``; every rate is measured from the first record a worker
+is handed to the moment the last example is learned):
+
+1. **full loop**, one process, as ``ct-stream run --role all`` does: events and labels
+   (70% labelled, labels up to 5 s later) produced first, then the joiner and the trainer
+   stepped in turn in one thread until every event's example (joined or expired) is
+   learned. Default model (StandardScaler + LogisticRegression: the batch path). The
+   input ends with an end-of-input event and label per partition a day later, whose
+   watermark expires what is still pending (see loadtest/joiner_throughput.py);
+2. **trainer alone**, batch path: the same number of examples produced straight to
+   ``<name>.examples`` (Arrow messages of 1000 rows), learned until the last one;
+3. **per-example model**: a Hoeffding tree (``river.tree.HoeffdingTreeClassifier()``)
+   learned by the trainer from the examples topic, against River's own prequential loop
+   (``predict_proba_one`` then ``learn_one`` on pre-built dicts, in memory) on the same
+   rows, measured in the same run; the ratio's goal is >= 0.8.
+
+Retrain triggers and the online publish are off during the measurement (a retrain would
+share the two cores); concept and data drift detection are on (the defaults).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ct_stream.kafka.broker import EmbeddedBroker  # noqa: E402
+from ct_stream.kafka.clients import (DeliveryTracker, TopicSpec, ensure_topics, make_producer,  # noqa: E402
+                                    produce_retrying)
+from ct_stream.records import Event, Label, encode_event, encode_examples, encode_label, examples_to_batch  # noqa: E402
+from ct_stream.runtime import tune_gc  # noqa: E402
+from ct_stream.runtime.joiner import JoinerWorker  # noqa: E402
+from ct_stream.runtime.trainer import TrainerWorker  # noqa: E402
+from ct_stream.synthetic import generate  # noqa: E402
+from ct_stream.topology import Topology  # noqa: E402
+
+FEATURES = {f"f{i}": "float" for i in range(10)}
+
+
+def topology(name: str, data_dir: str, estimator: Any = None) -> Topology:
+    return Topology(name=name, events_topic=f"{name}.events", labels_topic=f"{name}.labels", features=FEATURES,
+                    label_type="binary", partitions=3, model={"estimator": estimator},
+                    join={"max_label_delay": "10s", "grace": "2s", "commit_interval": "1s"},
+                    retrain={"every_examples": None, "every_seconds": None, "on_drift": False,
+                             "data_dir": data_dir},
+                    publish={"online_every": "1000h", "artifact_dir": data_dir})
+
+
+def trainer(t: Topology, bootstrap: str, data_dir: str) -> TrainerWorker:
+    worker = TrainerWorker(t, bootstrap, insecure=True, data_dir=data_dir, checkpoint_interval=5.0)
+    worker.setup()
+    return worker
+
+
+def timed(worker_io: Any, attr: str, started: list[float]) -> None:
+    """Wrap ``worker_io.<attr>`` (a poll) to note when it first hands over records."""
+    poll = getattr(worker_io, attr)
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        out = poll(*args, **kwargs)
+        got = out[0] if isinstance(out, tuple) else out
+        if got and not started:
+            started.append(time.perf_counter())
+        return out
+
+    setattr(worker_io, attr, wrapped)
+
+
+def full_loop(bootstrap: str, n: int, data_dir: str) -> tuple[int, float]:
+    t = topology(f"loop-{uuid.uuid4().hex[:6]}", data_dir)
+    ensure_topics(bootstrap, [TopicSpec(x, t.partitions) for x in (t.events_topic, t.labels_topic)])
+    data = generate(t, n, seed=3, events_per_second=5000, label_fraction=0.7, max_delay=5.0)
+    producer = make_producer(bootstrap)
+    for kind, key, value in data.in_time_order():
+        produce_retrying(producer, t.events_topic if kind == "event" else t.labels_topic, value, key)
+    end_ts = 1_700_000_000.0 + n / 5000 + 86_400.0
+    for p in range(t.partitions):
+        sid = f"end-of-input-{p}"
+        produce_retrying(producer, t.events_topic, encode_event(Event(sid, end_ts, {f: 0.0 for f in FEATURES}),
+                                                                t.record_schema), sid.encode(), partition=p)
+        produce_retrying(producer, t.labels_topic, encode_label(Label(sid, end_ts, False), t.record_schema),
+                         sid.encode(), partition=p)
+    assert producer.flush(120) == 0
+    expected = len(data.events) + t.partitions
+    joiner = JoinerWorker(t, bootstrap, mode="at_least_once")
+    joiner.setup()
+    learner = trainer(t, bootstrap, data_dir)
+    learner.poll_timeout = 0.0  # as `ct-stream run --role all` sets it
+    started: list[float] = []
+    assert joiner.io is not None
+    timed(joiner.io, "poll", started)
+    while learner.learned < expected:
+        joiner.tick()
+        learner.step()
+    elapsed = time.perf_counter() - started[0]
+    joiner.close()
+    learner.close()
+    return learner.learned, elapsed
+
+
+def produce_examples(bootstrap: str, t: Topology, X: np.ndarray, y: np.ndarray, per_message: int = 1000) -> None:
+    ensure_topics(bootstrap, [TopicSpec(t.examples_topic, t.partitions)])
+    tracker = DeliveryTracker()
+    producer = make_producer(bootstrap, on_delivery=tracker)
+    names = list(FEATURES)
+    for m, s in enumerate(range(0, len(y), per_message)):
+        rows = [{"id": f"x{i}", "event_ts": float(i), "label_ts": float(i), "label": bool(y[i]), "outcome": "joined",
+                 "source_partition": 0, "source_offset": i, **dict(zip(names, X[i].tolist()))}
+                for i in range(s, min(s + per_message, len(y)))]
+        produce_retrying(producer, t.examples_topic, encode_examples(examples_to_batch(rows, t.record_schema)),
+                         partition=m % t.partitions)
+    assert producer.flush(120) == 0 and tracker.failed == 0
+
+
+def trainer_alone(bootstrap: str, t: Topology, X: np.ndarray, y: np.ndarray, data_dir: str) -> tuple[int, float]:
+    produce_examples(bootstrap, t, X, y)
+    worker = trainer(t, bootstrap, data_dir)
+    started: list[float] = []
+    assert worker.reader is not None
+    timed(worker.reader, "poll", started)
+    while worker.learned < len(y):
+        worker.step()
+    elapsed = time.perf_counter() - started[0]
+    worker.close()
+    return worker.learned, elapsed
+
+
+def river_prequential(X: np.ndarray, y: np.ndarray) -> float:
+    from river import tree
+
+    model = tree.HoeffdingTreeClassifier()
+    names = list(FEATURES)
+    rows = [dict(zip(names, r)) for r in X.tolist()]
+    labels = [bool(v) for v in y]
+    started = time.perf_counter()
+    for x, label in zip(rows, labels):
+        model.predict_proba_one(x)
+        model.learn_one(x, label)
+    return len(rows) / (time.perf_counter() - started)
+
+
+def data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, len(FEATURES)))
+    w = rng.normal(size=len(FEATURES))
+    y = rng.random(n) < 1.0 / (1.0 + np.exp(-(X @ w)))
+    return X, y
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=int, default=200_000)
+    ap.add_argument("--tree-examples", type=int, default=30_000)
+    ap.add_argument("--bootstrap", default=None)
+    args = ap.parse_args()
+    tune_gc()  # as `ct-stream run` does
+    broker = None
+    bootstrap = args.bootstrap
+    if bootstrap is None:
+        broker = EmbeddedBroker().start()
+        bootstrap = broker.bootstrap
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            n_loop, t_loop = full_loop(bootstrap, args.events, tmp + "/loop")
+            print(f"full loop (joiner + trainer, one process): {n_loop} examples in {t_loop:.2f} s = "
+                  f"{n_loop / t_loop:,.0f} examples/s (goal >= 150,000)")
+            X, y = data(args.events, 1)
+            t = topology(f"alone-{uuid.uuid4().hex[:6]}", tmp + "/alone")
+            n_alone, t_alone = trainer_alone(bootstrap, t, X, y, tmp + "/alone")
+            print(f"trainer alone, batch path:                 {n_alone} examples in {t_alone:.2f} s = "
+                  f"{n_alone / t_alone:,.0f} examples/s")
+            from river import tree
+
+            Xt, yt = data(args.tree_examples, 2)
+            t = topology(f"tree-{uuid.uuid4().hex[:6]}", tmp + "/tree", estimator=tree.HoeffdingTreeClassifier())
+            n_tree, t_tree = trainer_alone(bootstrap, t, Xt, yt, tmp + "/tree")
+            river_rate = river_prequential(Xt, yt)
+            tree_rate = n_tree / t_tree
+            print(f"Hoeffding tree, trainer from Kafka:        {n_tree} examples in {t_tree:.2f} s = "
+                  f"{tree_rate:,.0f} examples/s")
+            print(f"Hoeffding tree, River in memory:           {river_rate:,.0f} examples/s")
+            print(f"ratio trainer/River (per-example path):    {tree_rate / river_rate:.2f} (goal >= 0.8)")
+    finally:
+        if broker is not None:
+            broker.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
