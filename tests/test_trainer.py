@@ -173,6 +173,12 @@ def test_a_worse_candidate_is_rejected_and_the_champion_stays(broker: Any, tmp_p
                                      {"topology": t.name, "candidate": "retrain", "decision": "approve"}) is None
     assert [u.version for u in updates(broker.bootstrap, t)] == [1]
     assert worker.champion_version == 1
+    import orjson
+
+    decisions = [orjson.loads(line) for line in worker.gate_log_path.read_bytes().splitlines()]
+    rejected = [d for d in decisions if d["candidate"] == "retrain"]
+    assert rejected and rejected[0]["report"]["decision"] == "reject" and rejected[0]["champion_version"] == 1
+    assert rejected[0]["report"]["reasons"]
 
 
 def test_published_updates_verify_and_tampering_is_detected(broker: Any, tmp_path: Path) -> None:

@@ -468,11 +468,25 @@ class TrainerWorker:
         report = evaluate(champion_losses, losses, config=self.gate_config, challenger_predictions=predictions,
                           latency_seconds_per_example=latency, artifact_bytes=len(candidate.artifact()[1]))
         self.metrics.child(self.metrics.gate, kind, report.decision).inc()
+        self._record_gate(kind, report)
         log.warning("trainer %s: gate %s for the %s candidate against champion v%d on %d holdout rows: "
                     "champion %s, candidate %s%s", self.t.name, report.decision, kind, self.champion_version,
                     report.n, report.champion_mean_loss, report.challenger_mean_loss,
                     "" if report.approved else f" ({'; '.join(report.reasons)})")
         return report
+
+    @property
+    def gate_log_path(self) -> Path:
+        """``<data_dir>/<name>.trainer/gate-decisions.jsonl``: one JSON line per gate decision."""
+        return self.checkpoint_path.parent / "gate-decisions.jsonl"
+
+    def _record_gate(self, kind: str, report: GateReport) -> None:
+        """Append the decision and its report (approved ones also travel in the update)."""
+        line = {"at": float(self.clock()), "candidate": kind, "champion_version": self.champion_version,
+                "examples_learned": self.learned, "report": report.to_dict()}
+        self.gate_log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.gate_log_path, "ab") as f:
+            f.write(orjson.dumps(line) + b"\n")
 
     def _publish(self, candidate: OnlineLearner, report: GateReport, offsets: dict[int, int],
                  snapshot: dict[str, str] | None) -> None:
