@@ -49,10 +49,13 @@ def _parser() -> argparse.ArgumentParser:
             events and delayed labels for a topology (1%% of the events deliberately bad),
             read them back, validate them against the topology's record contract, send
             every bad record to <name>.dlq with its reason, and check that every record
-            produced is accounted for. Exits 1 if anything does not add up.
+            produced is accounted for.
 
-            This release runs the smoke pipeline; the windowed joiner, trainer and
-            publisher join the demo as they land, on the same command line."""))
+            Then run the joiner and the trainer in this process on those records: join
+            events with their labels (expired events become negatives), learn every
+            example test-then-train, offer the online model to the gate, publish it to
+            <name>.models signed with a key made for this run, and read it back
+            verified. Exits 1 if anything does not add up."""))
     demo.add_argument("--topology", type=Path, default=None,
                       help="a topology file (default: the built-in 'demo' topology: 4 features, binary label)")
     demo.add_argument("--events", type=int, default=20_000, help="how many events to generate (default 20000)")
@@ -163,6 +166,10 @@ def demo_topology() -> "Topology":  # noqa: F821 - imported lazily
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    import secrets
+    import tempfile
+
+    from ct_stream.runtime.pipeline import run_pipeline
     from ct_stream.runtime.smoke import run_smoke
     from ct_stream.topology import load_topology
 
@@ -184,15 +191,26 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print(f"topology {topology.name!r}: {topology.events_topic} + {topology.labels_topic}, "
               f"{len(topology.features)} features, {topology.label_type} label")
         report = run_smoke(topology, bootstrap, n_events=args.events, seed=args.seed, log=print)
+        for line in report.lines():
+            print(line)
+        problems = report.problems()
+        print("smoke pipeline: " + ("FAILED" if problems else "ok, every record accounted for"), flush=True)
+        if not problems:
+            print("\njoiner + trainer: join the delayed labels, learn, gate and publish a signed version",
+                  flush=True)
+            with tempfile.TemporaryDirectory(prefix="ct-stream-demo-") as data_dir:
+                end_ts = 1_700_000_000.0 + args.events / 1000 + topology.join.max_label_delay + 86_400.0
+                pipeline = run_pipeline(topology, bootstrap, signing_key=secrets.token_bytes(32),
+                                        data_dir=Path(data_dir), end_ts=end_ts, log=print)
+            for line in pipeline.lines():
+                print(line)
+            problems += pipeline.problems
     finally:
         if broker is not None:
             broker.stop()
-    for line in report.lines():
-        print(line)
-    problems = report.problems()
     for p in problems:
         print(f"PROBLEM: {p}", file=sys.stderr)
-    print("smoke pipeline: " + ("FAILED" if problems else "ok, every record accounted for"))
+    print("demo: " + ("FAILED" if problems else "ok"))
     return 1 if problems else 0
 
 

@@ -1,7 +1,9 @@
-"""`ct-stream demo`: the smoke pipeline through a real broker, every record accounted for."""
+"""`ct-stream demo`: the smoke pipeline through a real broker, every record accounted for,
+then the joiner and trainer on the same records up to a verified published version."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -52,7 +54,15 @@ def test_demo_command_runs_on_the_embedded_broker(embedded_broker):
     assert out.returncode == 0, out.stdout + out.stderr
     assert "embedded broker (Tansu, memory only) on 127.0.0.1:" in out.stdout
     assert "read back  2000 events" in out.stdout
-    assert out.stdout.rstrip().endswith("smoke pipeline: ok, every record accounted for")
+    assert "smoke pipeline: ok, every record accounted for" in out.stdout
+    # the joiner and trainer half: every valid event joined or expired, all learned, v1 verified
+    joined = re.search(r"joined     joined (\d+), expired (\d+), corrections 0, .* late 0", out.stdout)
+    learned = re.search(r"learned    (\d+) examples", out.stdout)
+    assert joined and learned, out.stdout
+    valid = int(re.search(r"valid      (\d+) events", out.stdout).group(1))
+    assert int(joined.group(1)) + int(joined.group(2)) == int(learned.group(1)) == valid + 3  # + end-of-input
+    assert "published  v1 (promote, ct_stream.linear/1, inline; signature and sha256 verified" in out.stdout
+    assert out.stdout.rstrip().endswith("demo: ok")
 
 
 def test_demo_refuses_a_bad_event_count():

@@ -247,3 +247,84 @@ def test_restart_resumes_from_the_checkpoint(broker: Any, tmp_path: Path) -> Non
              "source_offset": i + j, **x} for j, (x, y) in enumerate(rows[i:i + 200])], t.record_schema))
     assert second.learner.metrics()["n"] == pytest.approx(reference.metrics()["n"])
     assert second.learner.metrics()["log_loss"] == pytest.approx(reference.metrics()["log_loss"], rel=1e-9)
+
+
+def test_run_role_all_joins_learns_publishes_and_exposes_metrics(broker: Any, tmp_path: Path) -> None:
+    """`ct-stream run --role all` (the default): one process joins events with their labels,
+    learns the examples, publishes the online model (unsigned with --insecure, no key in the
+    environment) and serves both workers' metrics; SIGTERM stops it cleanly."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+    import urllib.request
+
+    from ct_stream.kafka.clients import TopicSpec, ensure_topics
+    from ct_stream.runtime.pipeline import end_of_input
+    from ct_stream.synthetic import generate
+    from ct_stream.topology import load_topology
+    from tests.helpers import wait_for
+
+    name = broker.topic("all")
+    path = tmp_path / "topology.py"
+    path.write_text(textwrap.dedent(f"""
+        from ct_stream.topology import Topology
+        topology = Topology(
+            name={name!r}, events_topic={name + '.events'!r}, labels_topic={name + '.labels'!r},
+            features={{"x": "float", "n": "int", "flag": "bool", "c": "str"}}, label_type="binary", partitions=2,
+            join={{"max_label_delay": "10s", "grace": "2s", "commit_interval": "0.5s"}},
+            gate={{"holdout_size": 500, "min_samples": 200}},
+            publish={{"online_every": "1s", "artifact_dir": {str(tmp_path / 'artifacts')!r}}},
+            retrain={{"data_dir": {str(tmp_path / 'data')!r}}},
+        )
+    """))
+    t = load_topology(path)
+    ensure_topics(broker.bootstrap, [TopicSpec(x, t.partitions) for x in (t.events_topic, t.labels_topic)])
+    data = generate(t, 3000, seed=4, events_per_second=1000, label_fraction=0.7, max_delay=3.0)
+    producer = make_producer(broker.bootstrap)
+    for kind, key, value in data.in_time_order():
+        produce_retrying(producer, t.events_topic if kind == "event" else t.labels_topic, value, key)
+    assert producer.flush(60) == 0
+    end_of_input(t, broker.bootstrap, 1_700_000_000.0 + 86_400.0)
+    env = {k: v for k, v in os.environ.items() if k != "CT_STREAM_SIGNING_KEY"}
+    log = open(tmp_path / "run.log", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "ct_stream.cli", "run", str(path), "--bootstrap", broker.bootstrap,
+                             "--insecure", "--metrics-port", "0", "--log-level", "WARNING"],
+                            stdout=log, stderr=subprocess.STDOUT, env=env)
+
+    def output() -> str:
+        log.seek(0)
+        return log.read()
+
+    try:
+        port = int(wait_for(lambda: re.search(r"metrics on http://127.0.0.1:(\d+)/metrics", output())
+                            or proc.poll() is not None, 60, "the metrics port").group(1))
+
+        def scrape() -> str:
+            return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+
+        def sample(text: str, metric: str) -> float:
+            found = re.search(rf"^{metric}\{{[^}}]*\}} (\S+)$", text, re.M)
+            return float(found.group(1)) if found else 0.0
+
+        expected = len(data.events) + t.partitions  # every event joined or expired, and the end-of-input pairs
+        text = wait_for(lambda: proc.poll() is None and (s := scrape())
+                        and sample(s, "ct_trainer_examples_learned_total") == expected
+                        and sample(s, "ct_trainer_champion_version") >= 1 and s, 120,
+                        f"{expected} examples learned and a version published")
+        assert "running in" in output() and "trainer" in output()
+        joined = sum(float(v) for v in re.findall(r'^ct_joiner_examples_total\{[^}]*\} (\S+)$', text, re.M))
+        assert joined == expected
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        code = proc.wait(60)
+    assert code == 0, output()
+    (_, value, _, _), *_ = read_topic(broker.bootstrap, t.models_topic)
+    update = verify(value, None, insecure=True)
+    assert update.version == 1 and sum(update.lineage["examples_offsets"].values()) >= 1
+    with pytest.raises(VerificationError) as e:
+        verify(value, KEY)  # a serving node with a key refuses the unsigned update
+    assert e.value.reason == "unsigned"

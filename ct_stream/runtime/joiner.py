@@ -181,6 +181,11 @@ class JoinerWorker:
         if now - self._last_commit >= self.t.join.commit_interval:
             self.commit()
 
+    def processed_up_to(self) -> dict[tuple[str, int], int]:
+        """The next input offset per ``(topic, partition)`` after the records fed to the join
+        (committed at the next :meth:`commit`)."""
+        return dict(self._offsets)
+
     def _process(self, msgs: list[Any], at_end: list[tuple[str, int]]) -> None:
         t = self.t
         schema = t.record_schema

@@ -94,12 +94,8 @@ def run_smoke(topology: Topology, bootstrap: str, n_events: int = 20_000, seed: 
                          injected_bad=Counter(r.value for _, _, r in data.bad_events))
     delivery = DeliveryTracker()
     producer = make_producer(bootstrap, kafka, on_delivery=delivery)
-    for key, value in data.events:
-        _produce(producer, t.events_topic, key, value)
-    for key, value, _ in data.bad_events:
-        _produce(producer, t.events_topic, key, value)
-    for key, value in data.labels:
-        _produce(producer, t.labels_topic, key, value)
+    for kind, key, value in data.in_time_order():  # as applications would: events, then their labels later
+        _produce(producer, t.events_topic if kind == "event" else t.labels_topic, key, value)
     producer.flush(60)
     # Only this run's records are read back, from the offsets the broker acknowledged
     # for them, even on a cluster whose topics already hold data.

@@ -301,7 +301,7 @@ class TrainerWorker:
                 self._start_retrain(trigger, now)
         if now - self._last_online_offer >= self.t.publish.online_every:
             self._last_online_offer = now
-            self._offer_online()
+            self.offer_online()
         if now - self._last_gauges >= 1.0:
             self._last_gauges = now
             self._update_gauges()
@@ -439,11 +439,13 @@ class TrainerWorker:
             self._publish(candidate, report, r.offsets, {"path": str(r.snapshot.path), "sha256": r.snapshot.sha256})
 
     # Gate and publish -------------------------------------------------------------------
-    def _offer_online(self) -> None:
-        """The online model as a candidate, judged on its prequential losses over the
-        most recent examples (each predicted before it was learned)."""
+    def offer_online(self) -> GateReport | None:
+        """Offer the online model to the gate (and publish it if approved), as the worker
+        does every ``publish.online_every``; ``None`` before it has learned
+        ``gate.min_samples`` examples. It is judged on its prequential losses over the most
+        recent examples (each predicted before it was learned)."""
         if not self._recent or self.learned < self.t.gate.min_samples:
-            return
+            return None
         holdout = pa.concat_tables([t for t, _, _ in self._recent])
         losses = np.concatenate([lo for _, lo, _ in self._recent])
         preds = np.concatenate([pr for _, _, pr in self._recent])
@@ -453,6 +455,7 @@ class TrainerWorker:
         report = self._gate("online", snapshot_learner, losses, preds, holdout)
         if report.approved:
             self._publish(snapshot_learner, report, dict(self.offsets), None)
+        return report
 
     def _gate(self, kind: str, candidate: OnlineLearner, losses: np.ndarray, predictions: np.ndarray,
               holdout: pa.Table) -> GateReport:
