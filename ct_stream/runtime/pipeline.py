@@ -93,6 +93,7 @@ def run_pipeline(topology: Topology, bootstrap: str, *, signing_key: bytes, data
     trainer.poll_timeout = 0.0
     log(f"joiner ({joiner.mode}) and trainer ({trainer.learner.path} path) running")
     assert joiner.io is not None
+    decision = None
     deadline = time.monotonic() + timeout
     try:
         while True:
@@ -114,6 +115,9 @@ def run_pipeline(topology: Topology, bootstrap: str, *, signing_key: bytes, data
         report.learned = trainer.learned
         report.metrics = trainer.learner.metrics()
         decision = trainer.offer_online()
+        if decision is None:
+            report.problems.append(f"the online model learned {trainer.learned} examples, fewer than the gate's "
+                                   f"min_samples ({topology.gate.min_samples}): nothing to offer (give more events)")
         report.gate = "no candidate" if decision is None else (
             f"{decision.decision} the online model"
             + (f" ({'; '.join(decision.reasons)})" if decision.reasons else " (no champion yet: guards only)"
@@ -132,7 +136,7 @@ def run_pipeline(topology: Topology, bootstrap: str, *, signing_key: bytes, data
         report.published.append(f"v{u.version} ({u.action}, {u.artifact_format}, "
                                 f"{'inline' if u.artifact_inline is not None else u.artifact_uri}; signature and "
                                 f"sha256 verified; lineage offsets {u.lineage['examples_offsets']})")
-    if not any(p.startswith("v") for p in report.published):
+    if decision is not None and not any(p.startswith("v") for p in report.published):
         report.problems.append("no verified model version on " + topology.models_topic)
     report.seconds = time.monotonic() - started
     return report
