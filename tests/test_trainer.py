@@ -16,7 +16,7 @@ from ct_stream.kafka.clients import DeliveryTracker, make_producer, produce_retr
 from ct_stream.kafka.trainer_io import ModelPublisher, read_topic
 from ct_stream.learn.online import learner_from_artifact, make_learner
 from ct_stream.records import encode_examples, examples_to_batch
-from ct_stream.registry import ModelUpdate, make_artifact, sign, store_artifact, verify, verify_with_artifact
+from ct_stream.registry import ModelUpdate, sign, store_artifact, verify, verify_with_artifact
 from ct_stream.runtime.trainer import TrainerWorker
 from ct_stream.topology import Topology
 
@@ -328,3 +328,31 @@ def test_run_role_all_joins_learns_publishes_and_exposes_metrics(broker: Any, tm
     with pytest.raises(VerificationError) as e:
         verify(value, KEY)  # a serving node with a key refuses the unsigned update
     assert e.value.reason == "unsigned"
+
+
+def test_versions_continue_after_updates_this_trainer_cannot_verify(broker: Any, tmp_path: Path) -> None:
+    """An update signed with another key is ignored as a champion, but its version still
+    counts: the trainer's first version comes after it, never beside it."""
+    t = topology(broker.topic("foreign"), tmp_path, publish={"online_every": "0s"})
+    import hashlib
+
+    fmt, data = make_learner(t).artifact()
+    foreign = ModelUpdate(name=t.model_name, version=5, parent_version=None, action="promote", created_at=1.0,
+                          artifact_format=fmt, artifact_sha256=hashlib.sha256(data).hexdigest(),
+                          artifact_inline=data)
+    from ct_stream.kafka.clients import TopicSpec, ensure_topics
+
+    ensure_topics(broker.bootstrap, [TopicSpec(t.models_topic, 1, 1, {"cleanup.policy": "compact"})])
+    publisher = ModelPublisher(broker.bootstrap, t.models_topic)
+    publisher.publish(t.model_name.encode(), sign(foreign, b"someone else's key"))
+    publisher.close()
+    worker = TrainerWorker(t, broker.bootstrap, signing_key=KEY)
+    worker.setup()
+    assert worker.champion_version == 0 and worker.last_version == 5
+    try:
+        produce_examples(broker.bootstrap, t, list(itertools.islice(sine_stream(0, seed=12), 600)))
+        run_until(worker, lambda: worker.champion_version == 6, 60, "the first own version")
+    finally:
+        worker.close()
+    values = [v for _, v, _, _ in read_topic(broker.bootstrap, t.models_topic)]
+    assert len(values) == 2 and verify(values[1], KEY).version == 6 and verify(values[1], KEY).parent_version is None

@@ -56,7 +56,7 @@ from ct_stream.learn.drift import ConceptDriftMonitor, DataDriftMonitor
 from ct_stream.learn.online import LearnStep, OnlineLearner, VersionMetrics, learner_from_artifact, make_learner
 from ct_stream.metrics import TrainerMetrics
 from ct_stream.records import decode_examples, example_schema
-from ct_stream.registry import (ModelUpdate, champion_version, check_successor, encode_unsigned, sign,
+from ct_stream.registry import (ModelUpdate, champion_version, check_successor, decode, encode_unsigned, sign,
                                 store_artifact, verify_with_artifact)
 from ct_stream.runtime.checkpoint import write_atomic
 from ct_stream.runtime.smoke import dlq_headers
@@ -254,6 +254,10 @@ class TrainerWorker:
                 update, data = verify_with_artifact(value, self.key, insecure=self.insecure)
             except (VerificationError, RegistryError) as e:
                 log.warning("models topic offset %d: ignored, does not verify: %s", offset, e)
+                try:  # its version still counts: ours must come after it
+                    self.last_version = max(self.last_version, decode(value)[0].version)
+                except VerificationError:
+                    pass
                 continue
             updates[update.version] = (update, data)
             if latest is None or update.version > latest.version:
@@ -263,17 +267,20 @@ class TrainerWorker:
         if latest is None:
             return
         cv = champion_version(latest)
-        source = latest if latest.action != "canary" else updates.get(cv or -1, (None, b""))[0]
-        if cv is None or source is None:
+        if cv is None:
             return
-        data = updates[source.version][1]
-        try:
-            self.champion = learner_from_artifact(source.artifact_format, data, self.t)
-        except Exception as e:  # noqa: BLE001 - a champion we cannot load: every candidate faces no champion
-            log.warning("champion v%d could not be loaded (%s); candidates are judged on the guards only", cv, e)
-            return
+        # the version serving now, even if its model cannot be loaded here: the next update's parent
         self.champion_version = cv
         self.metrics.child(self.metrics.champion).set(cv)
+        source = latest if latest.action != "canary" else updates.get(cv, (None, b""))[0]
+        if source is None:
+            log.warning("champion v%d is not on the promotion topic any more (compacted); candidates are judged "
+                        "on the guards only", cv)
+            return
+        try:
+            self.champion = learner_from_artifact(source.artifact_format, updates[source.version][1], self.t)
+        except Exception as e:  # noqa: BLE001 - a champion we cannot load: every candidate faces no champion
+            log.warning("champion v%d could not be loaded (%s); candidates are judged on the guards only", cv, e)
 
     # The loop --------------------------------------------------------------------------
     def run(self, stop: threading.Event, max_seconds: float | None = None) -> None:
