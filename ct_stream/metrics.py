@@ -148,6 +148,9 @@ class TrainerMetrics:
         t = ["topology"]
         self.learned = Counter("ct_trainer_examples_learned_total",
                                "Examples the online model has learned (test-then-train).", t, registry=registry)
+        self.duplicates = Counter("ct_trainer_duplicate_examples_total",
+                                  "Examples dropped because their id was learned recently (an at-least-once "
+                                  "joiner rewrote them after a crash).", t, registry=registry)
         self.bad_messages = Counter("ct_trainer_bad_messages_total",
                                     "Examples-topic messages that could not be learned, by reason; each goes "
                                     "to the dead-letter topic.", t + ["reason"], registry=registry)

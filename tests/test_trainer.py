@@ -356,3 +356,35 @@ def test_versions_continue_after_updates_this_trainer_cannot_verify(broker: Any,
         worker.close()
     values = [v for _, v, _, _ in read_topic(broker.bootstrap, t.models_topic)]
     assert len(values) == 2 and verify(values[1], KEY).version == 6 and verify(values[1], KEY).parent_version is None
+
+
+def test_examples_written_twice_are_learned_once(broker: Any, tmp_path: Path) -> None:
+    """An at-least-once joiner may write a micro-batch again after a crash: the trainer
+    drops the repeated ids (a correction is not a repeat of its expired example) and
+    counts them, across a restart too."""
+    t = topology(broker.topic("dupes"), tmp_path)
+    rows = list(itertools.islice(sine_stream(0, seed=13), 600))
+    registry = CollectorRegistry()
+    worker = TrainerWorker(t, broker.bootstrap, signing_key=KEY, registry=registry)
+    worker.setup()
+    produce_examples(broker.bootstrap, t, rows, partition=0)
+    produce_examples(broker.bootstrap, t, rows[400:], start=400, partition=1)  # the last 200 again
+    run_until(worker, lambda: worker.offsets.get(1) == 1, 60, "both copies read")
+    worker.close()
+    assert worker.learned == 600 and worker.duplicates == 200
+    assert registry.get_sample_value("ct_trainer_duplicate_examples_total", {"topology": t.name}) == 200
+    correction = examples_to_batch([{"id": "e0", "event_ts": 1.7e9, "label_ts": 1.7e9 + 5, "label": True,
+                                     "outcome": "correction", "source_partition": 0, "source_offset": 0,
+                                     **rows[0][0]}], t.record_schema)
+    producer = make_producer(broker.bootstrap)
+    for _ in range(2):
+        produce_retrying(producer, t.examples_topic, encode_examples(correction), partition=0)
+    produce_examples(broker.bootstrap, t, rows[:100], partition=0)  # older repeats, after a restart
+    producer.flush(30)
+    again = TrainerWorker(t, broker.bootstrap, signing_key=KEY)
+    again.setup()
+    try:
+        run_until(again, lambda: again.learned + again.duplicates >= 600 + 200 + 2 + 100, 60, "the rest read")
+    finally:
+        again.close()
+    assert again.learned == 601 and again.duplicates == 200 + 1 + 100

@@ -166,6 +166,10 @@ class TrainerWorker:
         self.concept = self._new_concept_monitor()
         self.data_drift = self._new_data_monitor()
         self.served = VersionMetrics(topology.label_type)
+        self._seen: set[str] = set()  # ids of the most recent examples (dedupe), oldest first in _seen_order
+        self._seen_order: deque[str] = deque()
+        self.dedupe_window = topology.retrain.window_rows
+        self.duplicates = 0
         # not checkpointed
         self.window = WindowStore(example_schema(topology.record_schema), topology.retrain.window_rows,
                                   topology.retrain.window_bytes)
@@ -239,6 +243,9 @@ class TrainerWorker:
         if cp["data_drift"] is not None and self.data_drift is not None:
             self.data_drift = DataDriftMonitor.from_state(cp["data_drift"])
         self.served = pickle.loads(cp["served"])
+        self._seen_order = deque(cp["seen"])
+        self._seen = set(self._seen_order)
+        self.duplicates = cp["duplicates"]
         log.info("trainer %s: checkpoint loaded: %d examples learned, offsets %s", self.t.name, self.learned,
                  self.offsets)
 
@@ -325,19 +332,49 @@ class TrainerWorker:
             except CodecError as e:
                 self._dead_letter(p, o, value, "undecodable", str(e))
         if decoded:
-            table = pa.Table.from_batches([d[3] for d in decoded])
+            parts = [(p, o, value, self._dedupe(pa.Table.from_batches([batch]))) for p, o, value, batch in decoded]
+            table = pa.concat_tables([part[3] for part in parts])
             try:
-                step = self.learner.learn(table)
+                step = self.learner.learn(table) if table.num_rows else None
             except LearnError:  # the learner is unchanged: find the message at fault, learn the others
-                for p, o, value, batch in decoded:
-                    one = pa.Table.from_batches([batch])
+                for p, o, value, one in parts:
+                    if one.num_rows == 0:
+                        continue
                     try:
                         self._absorb(one, self.learner.learn(one))
                     except LearnError as e:
                         self._dead_letter(p, o, value, "invalid", str(e))
             else:
-                self._absorb(table, step)
+                if step is not None:
+                    self._absorb(table, step)
         self.offsets = dict(self.reader.position)
+
+    def _dedupe(self, table: pa.Table) -> pa.Table:
+        """Drop examples already learned: the same id (a correction counts apart from its
+        expired example) among the last ``dedupe_window`` examples. A joiner that runs
+        at-least-once (a broker without transaction isolation) writes a micro-batch again
+        after a crash; exactly-once joiners never do, and nothing is dropped."""
+        ids = table.column("id").to_pylist()
+        outcomes = table.column("outcome").to_pylist()
+        seen, order = self._seen, self._seen_order
+        keep = []
+        for i, outcome in zip(ids, outcomes):
+            key = i if outcome != "correction" else i + "\x00correction"
+            if key in seen:
+                keep.append(False)
+            else:
+                seen.add(key)
+                order.append(key)
+                keep.append(True)
+        while len(order) > self.dedupe_window:
+            seen.discard(order.popleft())
+        dropped = len(keep) - sum(keep)
+        if not dropped:
+            return table
+        self.duplicates += dropped
+        self.metrics.child(self.metrics.duplicates).inc(dropped)
+        log.info("trainer %s: %d duplicate examples dropped", self.t.name, dropped)
+        return table.filter(pa.array(keep))
 
     def _absorb(self, table: pa.Table, step: LearnStep) -> None:
         """Everything that follows learning a table: counters, drift, window, holdout ring."""
@@ -543,7 +580,7 @@ class TrainerWorker:
               "last_version": self.last_version, "drift_at": self.drift_at,
               "concept": None if self.concept is None else pickle.dumps(self.concept),
               "data_drift": None if self.data_drift is None else self.data_drift.state(),
-              "served": pickle.dumps(self.served)}
+              "served": pickle.dumps(self.served), "seen": list(self._seen_order), "duplicates": self.duplicates}
         write_atomic(self.checkpoint_path, pickle.dumps(cp, protocol=pickle.HIGHEST_PROTOCOL))
         self._last_checkpoint = self.clock()
         self.metrics.child(self.metrics.checkpoint_seconds).observe(time.perf_counter() - started)
