@@ -116,3 +116,12 @@ class VerificationError(CtStreamError):
 class TrainerError(InputError):
     """The trainer (``ct_stream.runtime.trainer``) cannot start with the settings given
     (no signing key, a model that cannot be sent to the retrain subprocess, ...)."""
+
+
+class ServingError(CtStreamError):
+    """A serving node cannot answer: no verified model is loaded yet, or the subscriber is
+    closed or misconfigured (``ct_stream.serving``). The message says which and what to do.
+
+    >>> print(ServingError("no model loaded yet for 'clicks'"))
+    no model loaded yet for 'clicks'
+    """

@@ -20,7 +20,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import HistogramMetricFamily, Metric
 
-__all__ = ["BulkHistogram", "JoinerMetrics", "TrainerMetrics", "serve_metrics"]
+__all__ = ["BulkHistogram", "JoinerMetrics", "ServingMetrics", "TrainerMetrics", "serve_metrics"]
 
 _DELAY_BUCKETS = (0.1, 0.5, 1, 5, 15, 30, 60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 86400, 7 * 86400)
 _COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -197,3 +197,51 @@ def serve_metrics(registry: CollectorRegistry, port: int, host: str = "127.0.0.1
     """
     server, _thread = start_http_server(port, addr=host, registry=registry)
     return int(server.server_address[1])
+
+
+_PREDICT_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+_UPDATE_LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 6 * 3600, 86400)
+
+
+class ServingMetrics:
+    """A serving node's metrics (:class:`ct_stream.serving.ModelSubscriber`). Every metric
+    carries the ``topology`` label (its name).
+
+    >>> m = ServingMetrics(CollectorRegistry(), topology="demo")
+    >>> m.child(m.predictions, "3", "champion").inc()
+    >>> m.registry.get_sample_value("ct_serving_predictions_total",
+    ...                             {"topology": "demo", "version": "3", "route": "champion"})
+    1.0
+    """
+
+    def __init__(self, registry: CollectorRegistry, topology: str) -> None:
+        self.registry = registry
+        self.topology = topology
+        t = ["topology"]
+        self.predictions = Counter("ct_serving_predictions_total",
+                                   "Predictions made, by model version and route (champion, canary; shadow: "
+                                   "the canary's scoring of a request the champion answered).",
+                                   t + ["version", "route"], registry=registry)
+        self.predict_seconds = Histogram("ct_serving_predict_duration_seconds",
+                                         "Time of one predict call in process (routing, model, shadow scoring).",
+                                         t, buckets=_PREDICT_BUCKETS, registry=registry)
+        self.version = Gauge("ct_serving_model_version",
+                             "The model version serving each route (champion, canary); 0: none.",
+                             t + ["route"], registry=registry)
+        self.update_lag = Histogram("ct_serving_update_lag_seconds",
+                                    "Time from an update's created_at to the moment this node loaded it.",
+                                    t, buckets=_UPDATE_LAG_BUCKETS, registry=registry)
+        self.rejected = Counter("ct_serving_rejected_updates_total",
+                                "Model updates refused, by reason (malformed, unsigned, bad_signature, "
+                                "missing_artifact, bad_hash, stale, wrong_name, unloadable).",
+                                t + ["reason"], registry=registry)
+        self.updates = Counter("ct_serving_updates_total",
+                               "Model updates loaded, by action (promote, canary, rollback).",
+                               t + ["action"], registry=registry)
+        self.shadow_disagreements = Counter("ct_serving_shadow_disagreements_total",
+                                            "Shadow-scored requests where the canary's value differed from "
+                                            "the champion's.", t, registry=registry)
+
+    def child(self, metric: Counter | Gauge | Histogram, *labels: str) -> Counter | Gauge | Histogram:
+        """``metric`` with this node's topology label and ``labels``."""
+        return metric.labels(self.topology, *labels)

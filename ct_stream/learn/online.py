@@ -87,6 +87,7 @@ _STREAM_METRICS_KIND = "ct_stream.learn.online.StreamMetrics/1"
 _VERSION_METRICS_KIND = "ct_stream.learn.online.VersionMetrics/1"
 
 _EPS = 1e-15
+_MISSING = object()  # predict_one: a feature absent from the dict
 _ARROW_FEATURE = {"float": pa.float64(), "int": pa.int64(), "bool": pa.bool_(), "str": pa.string()}
 _ARROW_LABEL = {"binary": pa.bool_(), "multiclass": pa.string(), "regression": pa.float64()}
 _LABEL_HELP = {"binary": "a non-null bool column (label_type 'binary')",
@@ -539,6 +540,108 @@ class OnlineLearner:
             for c, v in p.items():
                 P[i, classes[c]] = v
         return gate_losses("cross_entropy", np.array([classes[y] for y in ys], dtype=np.int64), P)
+
+    def predict_one(self, features: Any) -> tuple[Any, dict[Any, float] | None]:
+        """One prediction from a plain dict of feature values, without Arrow; learns nothing.
+
+        Returns ``(value, probabilities)``: binary ``(P(True) > 0.5, {True: p, False: 1 - p})``;
+        multiclass ``(most probable class or None while no class is known, River's class
+        probabilities)``; regression ``(predicted value, None)``. The probability and value
+        agree with :meth:`predictions` on the same row. Keys other than the declared features
+        are ignored. A missing feature, a value of the wrong type or a NaN/inf number raises
+        :class:`~ct_stream.errors.LearnError` naming the feature and what it accepts
+        (``float``: a number; ``int``: an integer, or a float with an integral value;
+        ``bool``: True/False; ``str``: a string). On the batch path, a category the model
+        has never seen adds nothing to the margin, as in training.
+
+        The batch path reads the model through a cache of plain floats that is rebuilt
+        whenever the model learns, so it costs a few microseconds.
+
+        >>> from ct_stream.topology import Topology
+        >>> t = Topology(name="t", events_topic="t.e", labels_topic="t.l",
+        ...              features={"x": "float", "c": "str"}, label_type="binary")
+        >>> make_learner(t).predict_one({"x": 1.0, "c": "a"})
+        (False, {True: 0.5, False: 0.5})
+        >>> make_learner(t).predict_one({"x": "1"})
+        Traceback (most recent call last):
+        ...
+        ct_stream.errors.LearnError: features.x: got '1'; allowed: a finite number (feature 'x' is declared 'float')
+        """
+        if not isinstance(features, dict):
+            raise LearnError("features", type(features).__name__, "a dict of feature name -> value")
+        kinds = self.topology.features
+        x: dict[str, Any] = {}
+        for name in self._names:
+            kind = kinds[name]
+            v = features.get(name, _MISSING)
+            if kind == "float":
+                if type(v) is float or (isinstance(v, (int, float, np.integer, np.floating))
+                                        and not isinstance(v, (bool, np.bool_))):
+                    v = float(v)
+                    if math.isfinite(v):
+                        x[name] = v
+                        continue
+                allowed = "a finite number"
+            elif kind == "int":
+                if isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)):
+                    x[name] = int(v)
+                    continue
+                if isinstance(v, (float, np.floating)) and math.isfinite(v) and float(v).is_integer():
+                    x[name] = int(v)
+                    continue
+                allowed = "an integer (or a float with an integral value)"
+            elif kind == "bool":
+                if isinstance(v, (bool, np.bool_)):
+                    x[name] = bool(v)
+                    continue
+                allowed = "true or false"
+            else:
+                if isinstance(v, str):
+                    x[name] = v
+                    continue
+                allowed = "a string"
+            raise LearnError(f"features.{name}", "missing" if v is _MISSING else v,
+                             f"{allowed} (feature {name!r} is declared {kind!r})")
+        if self.path == "batch":
+            blr = self._blr
+            assert blr is not None
+            cache = getattr(self, "_one_cache", None)
+            # rebuilt when the model object, its arrays or its counters change (it learned)
+            objs = (blr, blr.coef, blr.mean, blr.var)
+            vals = (blr.intercept, blr.n_seen, blr.count, len(self._onehot))
+            if cache is None or cache[1] != vals or any(a is not b for a, b in zip(cache[0], objs)):
+                ns = len(self._numeric)
+                coef = blr.coef.tolist()
+                scaled = [(n, float(blr.mean[j]), math.sqrt(float(blr.var[j])), coef[j])
+                          for j, n in enumerate(self._numeric)]
+                bools = [(n, coef[ns + j]) for j, n in enumerate(self._bool)]
+                cats = [(n, {c: coef[col] for c, col in self._cat_col[n].items()}) for n in self._str]
+                cache = (objs, vals, scaled, bools, cats, float(blr.intercept))
+                self._one_cache = cache
+            _, _, scaled, bools, cats, margin = cache
+            for name, mu, sd, w in scaled:
+                if sd > 0.0:
+                    margin += (x[name] - mu) / sd * w
+            for name, w in bools:
+                if x[name]:
+                    margin += w
+            for name, weights in cats:
+                margin += weights.get(x[name], 0.0)
+            if margin < -30.0:
+                p = 0.0
+            elif margin > 30.0:
+                p = 1.0
+            else:
+                p = 1.0 / (1.0 + math.exp(-margin))
+            return p > 0.5, {True: p, False: 1.0 - p}
+        if self.label_type == "regression":
+            v = self._river.predict_one(x)
+            return (0.0 if v is None else v), None
+        proba = dict(self._river.predict_proba_one(x))
+        if self.label_type == "binary":
+            p = float(proba.get(True, 0.0))
+            return p > 0.5, {True: p, False: 1.0 - p}
+        return (max(proba, key=proba.get) if proba else None), proba
 
     def numeric_matrix(self, table: Data) -> F64:
         """float64 ``(rows, n_numeric)``: the float/int feature columns in declared order
