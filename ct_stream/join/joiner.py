@@ -541,7 +541,7 @@ class PartitionJoiner:
             if e is None:
                 break
             self._front_pos += 1
-            self._expire_entry(e, out, capacity=True)
+            self._expire_entry(e, out, True)
             self.counts["capacity_expired"] += 1
             n -= 1
         self._trim_front()
@@ -670,6 +670,7 @@ class PartitionJoiner:
         if wm == _NEG_INF:
             return
         delay, front, events, labels = self._delay, self._front, self._events, self._labels
+        expire_entry = self._expire_entry
         while True:
             pos = self._front_pos
             if pos < len(front):
@@ -678,13 +679,16 @@ class PartitionJoiner:
                     break
                 self._front_pos = pos + 1
                 if events.get(e[0]) is e or labels.get(e[0]) is e:
-                    self._expire_entry(e, out, capacity=False)
+                    expire_entry(e, out, False)
                 else:
                     self._stale -= 1
             elif self._peek(wm) is None:  # moves the next due wheel bucket to the front
                 break
-        self._trim_front()
-        self._forget_past_horizon(wm)
+        if self._front_pos > 1024:  # == self._trim_front(), without the call in the common case
+            self._trim_front()
+        bucket_heap = self._bucket_heap
+        if bucket_heap and bucket_heap[0] < wm / self._bucket_width - 1:  # == _forget_past_horizon's test
+            self._forget_past_horizon(wm)
 
     def _forget_past_horizon(self, wm: float) -> None:
         """Forget the done entries of the buckets past the horizon at watermark ``wm``.
@@ -729,26 +733,31 @@ class PartitionJoiner:
         else:
             bucket.append(i)
 
-    def _expire_entry(self, e: tuple[Any, ...], out: JoinOutput, *, capacity: bool) -> None:
-        """Expire the live pending entry ``e`` (already taken off the front)."""
+    def _why(self, capacity: bool) -> str:
+        """Why an entry expired, for the detail of its dead letter."""
+        return "max_pending reached: expired early" if capacity else \
+            f"no match within max_label_delay {self._delay!r}s"
+
+    def _expire_entry(self, e: tuple[Any, ...], out: JoinOutput, capacity: bool) -> None:
+        """Expire the live pending entry ``e`` (already taken off the front); ``capacity``:
+        early, at ``max_pending``."""
         i, ts, offset = e[0], e[1], e[2]
         counts = self.counts
         self._log.append(i)
-        why = "max_pending reached: expired early" if capacity else \
-            f"no match within max_label_delay {self._delay!r}s"
         if self._events.get(i) is not e:
             del self._labels[i]
             counts["unknown_id"] += 1
             out.dead_letters.append(DeadLetter("label", self.partition, offset, Reason.UNKNOWN_ID,
-                                               f"label {i!r}: no event; {why}", Label(i, ts, e[3])))
+                                               f"label {i!r}: no event; {self._why(capacity)}", Label(i, ts, e[3])))
             return
         del self._events[i]
         policy = self._policy
         kept = None
         if policy == "negative":
             counts["expired"] += 1
+            feats = e[6] if len(e) == 7 and e[5] is _OWN_NAMES else self._unpack(e)  # == self._features(e)
             out.examples.append(Example(i, ts, None, self._default_label, "expired", e[3], e[4],
-                                        self.partition, offset, self._features(e)))
+                                        self.partition, offset, feats))
             state, kept = _EXPIRED, e
         elif policy == "drop":
             counts["expired_dropped"] += 1
@@ -756,10 +765,16 @@ class PartitionJoiner:
         else:
             counts["expired_dlq"] += 1
             out.dead_letters.append(DeadLetter("event", self.partition, offset, Reason.EXPIRED,
-                                               f"event {i!r}: no label; {why}",
+                                               f"event {i!r}: no label; {self._why(capacity)}",
                                                Event(i, ts, self._features(e), e[3], e[4])))
             state = _DEAD_LETTERED
-        self._remember(i, (state, ts, kept))
+        self._done[i] = (state, ts, kept)  # == self._remember(...)
+        k = int((ts + self._horizon) // self._bucket_width)
+        bucket = self._buckets.get(k)
+        if bucket is None:
+            self._bucket(i, k)
+        else:
+            bucket.append(i)
 
     def _compact(self) -> None:
         """Drop the stale entries from the wheel (amortised O(1) per join)."""
