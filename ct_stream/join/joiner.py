@@ -298,6 +298,8 @@ class PartitionJoiner:
         self._front_pos = 0
         self._front_k: float = _NEG_INF
         self._stale = 0
+        # process() handles the common cases inline (False: every record through _record)
+        self._fast = True
         # The done memory is forgotten logically (an entry with event_ts + horizon below
         # the watermark is treated as absent) and cleaned physically by time bucket:
         # bucket k holds the ids whose forget time is in [k * width, (k + 1) * width);
@@ -355,7 +357,15 @@ class PartitionJoiner:
 
     # Processing --------------------------------------------------------------------
     def process(self, inputs: Sequence[Input]) -> JoinOutput:
-        """Join ``inputs`` (in arrival order) and return what they produced."""
+        """Join ``inputs`` (in arrival order) and return what they produced.
+
+        The loop handles the common cases inline (the *fast path*): an event whose id the
+        joiner does not hold, with the joiner's feature names, waits; a label whose event
+        is pending joins it. Every other record goes through :meth:`_record` (the general
+        path, which handles every case and is the reference: ``_fast = False`` sends every
+        record there, and the tests check both give the same outputs and state). Step 4
+        runs only when the watermark passes :meth:`_due`.
+        """
         out = JoinOutput()
         if not inputs:
             return out
@@ -363,148 +373,210 @@ class PartitionJoiner:
         examples = out.examples
         events, labels, done = self._events, self._labels, self._done
         log = self._log.append
-        front, wheel, wheel_keys, bucket_heap = self._front, self._wheel, self._wheel_keys, self._bucket_heap
+        wheel, buckets = self._wheel, self._buckets
         delays = self._label_delays
-        delay, grace, horizon, partition = self._delay, self._grace, self._horizon, self.partition
+        n_delays = len(delays)
+        delay, grace, horizon, partition, width = self._delay, self._grace, self._horizon, self.partition, self._bucket_width
         scale, floor = self._scale, math.floor
-        buckets, width = self._buckets, self._bucket_width
-        wm = self._wm
-        front_k = self._front_k
-        clean_below = self._clean_below(wm)
+        wm, max_ts = self._wm, self._max_ts
+        due = self._due()
         pack, unpack, n_names = self._pack, self._unpack, len(self._names or ())
-        n_events = n_labels = n_joined = n_corrections = dup_events = dup_labels = 0
+        fast = self._fast and pack is not None
+        general = self._record
+        # the wheel bucket (deadline bucket) and the done-memory bucket the last new entry
+        # went to: consecutive records mostly share them (valid until the next _expire)
+        wheel_k: int | None = None
+        wheel_bucket: list[tuple[Any, ...]] = []
+        done_k: int | None = None
+        done_bucket: list[str] = []
+        n_events = n_added = 0
         for kind, rec, offset, source in inputs:
             ts = rec.ts
-            if kind == "event":
-                n_events += 1
-            elif kind == "label":
-                n_labels += 1
-            else:
-                raise CtStreamError(f"Input.kind must be 'event' or 'label', got {kind!r}")
             # 1. late
             if ts < wm:
+                if kind == "event":
+                    n_events += 1
+                elif kind != "label":
+                    raise CtStreamError(f"Input.kind must be 'event' or 'label', got {kind!r}")
                 self._late(kind, rec, offset, out, source)
                 continue
             # done entries with event_ts + horizon < forget_wm are forgotten (step 4 of
             # the previous record would have forgotten them)
             forget_wm = wm
             # 2. max_ts and the watermark
-            if ts > self._max_ts:
-                self._max_ts = ts
+            if ts > max_ts:
+                self._max_ts = max_ts = ts
                 if ts - grace > wm:
                     wm = self._wm = ts - grace
-                    clean_below = wm / width - 1  # == self._clean_below(wm)
             # 3. the record
             i = rec.id
-            entry: tuple[Any, ...] | None = None  # a new pending entry
             if kind == "event":
-                if i in events:
-                    dup_events += 1
-                else:
-                    d = done.get(i)
-                    if d is not None and d[1] + horizon >= forget_wm:
-                        dup_events += 1
+                n_events += 1
+                feats = rec.features  # type: ignore[union-attr]
+                if not fast or i in events or i in labels or i in done or len(feats) != n_names:
+                    if general(kind, rec, offset, ts, forget_wm, out):
+                        pack, unpack, n_names = self._pack, self._unpack, len(self._names or ())
+                        fast = self._fast and pack is not None
+                    due = self._due()
+                else:  # a new event: it waits (== _record's case, inline)
+                    try:
+                        entry = pack(i, ts, offset, rec.served_version, rec.prediction, feats)  # type: ignore[misc, union-attr]
+                    except KeyError:
+                        entry = (i, ts, offset, rec.served_version, rec.prediction, _OWN_NAMES, feats)  # type: ignore[union-attr]
+                    events[i] = entry
+                    n_added += 1
+                    log(entry)
+                    k = floor((ts + delay) * scale)
+                    if k == wheel_k:
+                        wheel_bucket.append(entry)
                     else:
-                        if d is not None:  # past the horizon: forgotten, the id is new again
-                            del done[i]
-                        pl = labels.pop(i, None)
-                        if pl is None:
-                            feats = rec.features  # type: ignore[union-attr]
-                            if pack is None:
-                                self._learn_names(feats)
-                                pack, unpack, n_names = self._pack, self._unpack, len(self._names or ())
-                            entry = None
-                            if len(feats) == n_names:
-                                try:  # == self._event_entry(...)
-                                    entry = pack(i, ts, offset, rec.served_version, rec.prediction, feats)  # type: ignore[misc, union-attr]
-                                except KeyError:
-                                    pass
-                            if entry is None:
-                                entry = (i, ts, offset, rec.served_version, rec.prediction,  # type: ignore[union-attr]
-                                         _OWN_NAMES, feats)
-                            events[i] = entry
-                        else:
-                            examples.append(Example(i, ts, pl[1], pl[3], "joined", rec.served_version,  # type: ignore[union-attr]
-                                                    rec.prediction, partition, offset, rec.features))  # type: ignore[union-attr]
-                            delays.append(pl[1] - ts)
-                            n_joined += 1
-                            self._stale += 1
-                            done[i] = (_JOINED, ts, None)  # == self._remember(...)
-                            k = int((ts + horizon) // width)
-                            bucket = buckets.get(k)
-                            if bucket is None:
-                                self._bucket(i, k)
-                            else:
-                                bucket.append(i)
-                            log(i)
-            else:
-                pe = events.pop(i, None)
-                if pe is not None:
+                        wheel_k, wheel_bucket = self._schedule(entry, k)  # type: ignore[assignment]
+                        due = self._due()
+            elif kind == "label":
+                pe = events.pop(i, None) if fast else None
+                if pe is None:
+                    general(kind, rec, offset, ts, forget_wm, out)
+                    due = self._due()
+                else:  # its event is pending: joined (== _record's case, inline)
                     ev_ts = pe[1]
                     feats = pe[6] if len(pe) == 7 and pe[5] is _OWN_NAMES else unpack(pe)  # == self._features(pe)
                     examples.append(Example(i, ev_ts, ts, rec.label, "joined", pe[3], pe[4],  # type: ignore[union-attr]
                                             partition, pe[2], feats))
                     delays.append(ts - ev_ts)
-                    n_joined += 1
-                    self._stale += 1
                     done[i] = (_JOINED, ev_ts, None)  # == self._remember(...)
                     k = int((ev_ts + horizon) // width)
-                    bucket = buckets.get(k)
-                    if bucket is None:
-                        self._bucket(i, k)
+                    if k == done_k:
+                        done_bucket.append(i)
                     else:
-                        bucket.append(i)
-                    log(i)
-                else:
-                    d = done.get(i)
-                    if d is not None and d[1] + horizon >= forget_wm:
-                        if d[0] == _EXPIRED:
-                            e = d[2]
-                            examples.append(Example(i, d[1], ts, rec.label, "correction",  # type: ignore[union-attr]
-                                                    e[3], e[4], partition, e[2], self._features(e)))  # type: ignore[index]
-                            n_corrections += 1
-                            done[i] = (_CORRECTED, d[1], None)
-                            log(i)
+                        done_bucket = buckets.get(k)  # type: ignore[assignment]
+                        if done_bucket is None:
+                            self._bucket(i, k)
+                            done_bucket = buckets[k]
+                            due = self._due()
                         else:
-                            dup_labels += 1
-                    elif i in labels:
-                        dup_labels += 1
-                    else:
-                        if d is not None:  # past the horizon: forgotten, the id is new again
-                            del done[i]
-                        entry = (i, ts, offset, rec.label)  # type: ignore[union-attr]
-                        labels[i] = entry
-            if entry is not None:  # == self._add_pending(entry)
-                self._seq += 1
-                log(entry)
-                k = floor((ts + delay) * scale)
-                if k > front_k:
-                    wheel_bucket = wheel.get(k)
-                    if wheel_bucket is None:
-                        wheel[k] = [entry]
-                        heapq.heappush(wheel_keys, k)
-                    else:
-                        wheel_bucket.append(entry)
-                else:
-                    self._to_front(entry)
-            # 4. expiry (a stale entry at the front only costs an early look; the next
-            # wheel bucket k may hold a deadline < wm when k <= floor(wm * scale), i.e.
-            # k <= wm * scale)
-            pos = self._front_pos
-            if (front[pos][1] + delay < wm if pos < len(front) else (wheel_keys and wheel_keys[0] <= wm * scale)) \
-                    or (bucket_heap and bucket_heap[0] < clean_below):
+                            done_bucket.append(i)
+                        done_k = k
+                    log(i)
+            else:
+                raise CtStreamError(f"Input.kind must be 'event' or 'label', got {kind!r}")
+            # 4. expiry, when the watermark passed the first deadline or done-memory
+            # bucket that may be due (a stale entry at the front only costs an early look)
+            if wm > due:
                 self._expire(out)
-                front_k = self._front_k
+                due = self._due()
+                if wheel_k is not None and wheel_k <= self._front_k:  # its bucket went to the front
+                    wheel_k = None
+                if done_k is not None and buckets.get(done_k) is not done_bucket:  # forgotten
+                    done_k = None
+        n_joined = len(delays) - n_delays  # one label delay per joined example
+        self._seq += n_added
+        self._stale += n_joined
         counts = self.counts
         counts["events"] += n_events
-        counts["labels"] += n_labels
+        counts["labels"] += len(inputs) - n_events
         counts["joined"] += n_joined
-        counts["corrections"] += n_corrections
-        counts["duplicate_events"] += dup_events
-        counts["duplicate_labels"] += dup_labels
         if self._stale > 1024 and self._stale > self.pending:
             self._compact()
         return out
+
+    def _record(self, kind: str, rec: Event | Label, offset: int, ts: float, forget_wm: float,
+                out: JoinOutput) -> bool:
+        """Step 3 for one record that is not late (the general path of :meth:`process`,
+        which has already moved the watermark): ``forget_wm`` is the watermark before
+        it. Counts duplicates and corrections itself; joins are counted by ``process``
+        (one label delay each). Returns whether it learnt the feature names."""
+        i = rec.id
+        events, labels, done = self._events, self._labels, self._done
+        d = done.get(i)
+        known = d is not None and d[1] + self._horizon >= forget_wm  # in the done memory, not forgotten
+        learnt = False
+        if kind == "event":
+            if i in events or known:
+                self.counts["duplicate_events"] += 1
+                return False
+            if d is not None:  # past the horizon: forgotten, the id is new again
+                del done[i]
+            pl = labels.pop(i, None)
+            if pl is None:
+                feats = rec.features  # type: ignore[union-attr]
+                if self._pack is None:
+                    self._learn_names(feats)
+                    learnt = True
+                e = self._event_entry(i, ts, offset, feats, rec.served_version, rec.prediction)  # type: ignore[union-attr]
+                events[i] = e
+                self._add_pending(e)
+            else:
+                out.examples.append(Example(i, ts, pl[1], pl[3], "joined", rec.served_version,  # type: ignore[union-attr]
+                                            rec.prediction, self.partition, offset, rec.features))  # type: ignore[union-attr]
+                self._label_delays.append(pl[1] - ts)
+                self._remember(i, (_JOINED, ts, None))
+                self._log.append(i)
+            return learnt
+        e = events.pop(i, None)
+        if e is not None:
+            ev_ts = e[1]
+            out.examples.append(Example(i, ev_ts, ts, rec.label, "joined", e[3], e[4],  # type: ignore[union-attr]
+                                        self.partition, e[2], self._features(e)))
+            self._label_delays.append(ts - ev_ts)
+            self._remember(i, (_JOINED, ev_ts, None))
+            self._log.append(i)
+        elif known:
+            if d[0] == _EXPIRED:  # type: ignore[index]
+                e = d[2]  # type: ignore[index]
+                out.examples.append(Example(i, d[1], ts, rec.label, "correction",  # type: ignore[union-attr, index]
+                                            e[3], e[4], self.partition, e[2], self._features(e)))  # type: ignore[index]
+                self.counts["corrections"] += 1
+                done[i] = (_CORRECTED, d[1], None)  # type: ignore[index]
+                self._log.append(i)
+            else:
+                self.counts["duplicate_labels"] += 1
+        elif i in labels:
+            self.counts["duplicate_labels"] += 1
+        else:
+            if d is not None:  # past the horizon: forgotten, the id is new again
+                del done[i]
+            e = (i, ts, offset, rec.label)  # type: ignore[union-attr]
+            labels[i] = e
+            self._add_pending(e)
+        return False
+
+    def _due(self) -> float:
+        """A watermark below which step 4 has nothing to do: ``process`` runs
+        :meth:`_expire` once the watermark is above it. It is the first front entry's
+        deadline (exactly: that entry expires when the watermark is above it), or, with
+        the front used up, the start of the next wheel bucket, and the end of the oldest
+        done-memory bucket, whichever is smaller. The last two are lowered by a relative
+        1e-12 (far more than the rounding of ``_peek``'s and ``_forget_past_horizon``'s
+        own tests), so an early look is possible but a late one is not. Valid until the
+        front, the wheel's first key or the done buckets' first key changes."""
+        due = math.inf
+        pos, front = self._front_pos, self._front
+        if pos < len(front):
+            due = front[pos][1] + self._delay
+        elif self._wheel_keys:
+            x = self._wheel_keys[0] / self._scale
+            due = x - abs(x) * 1e-12 - 1e-12
+        if self._bucket_heap:
+            x = (self._bucket_heap[0] + 1) * self._bucket_width
+            x = x - abs(x) * 1e-12 - 1e-12
+            if x < due:
+                due = x
+        return due
+
+    def _schedule(self, e: tuple[Any, ...], k: int) -> tuple[int | None, list[tuple[Any, ...]] | None]:
+        """Put the new pending entry ``e`` (already in its map and the change log) in the
+        wheel bucket ``k`` (its deadline's) or the front; return ``(k, bucket)`` when it
+        went to a wheel bucket, else ``(None, None)``."""
+        if k > self._front_k:
+            bucket = self._wheel.get(k)
+            if bucket is None:
+                bucket = self._wheel[k] = [e]
+                heapq.heappush(self._wheel_keys, k)
+            else:
+                bucket.append(e)
+            return k, bucket
+        self._to_front(e)
+        return None, None
 
     def tick(self, now: float | None = None) -> JoinOutput:
         """Advance the watermark by idle time (``now`` defaults to ``clock()``) and expire.
@@ -600,16 +672,7 @@ class PartitionJoiner:
         """Schedule the new pending entry ``e`` (the latest arrival; already in its map)."""
         self._seq += 1
         self._log.append(e)
-        k = math.floor((e[1] + self._delay) * self._scale)
-        if k > self._front_k:
-            bucket = self._wheel.get(k)
-            if bucket is None:
-                self._wheel[k] = [e]
-                heapq.heappush(self._wheel_keys, k)
-            else:
-                bucket.append(e)
-        else:
-            self._to_front(e)
+        self._schedule(e, math.floor((e[1] + self._delay) * self._scale))
 
     def _to_front(self, e: tuple[Any, ...]) -> None:
         """Put the new entry ``e`` (the latest arrival) in its place in the front: after
