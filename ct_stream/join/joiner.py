@@ -862,19 +862,24 @@ class PartitionJoiner:
         """
         seq = self._log_seq
         changed: dict[str, int | None] = {}  # id -> sequence number of its latest new pending entry
+        tup = tuple
         for c in self._log:
-            if type(c) is tuple:
+            if type(c) is tup:
                 changed[c[0]] = seq
                 seq += 1
             elif c not in changed:
                 changed[c] = None  # type: ignore[index]
         changes: dict[str, Any] = {}
-        events, labels, done, features = self._events, self._labels, self._done, _feature_state
+        events, labels, done, features, own = self._events, self._labels, self._done, _feature_state, _OWN_NAMES
+        # ids never collide with META_KEY: one that starts with "\x00" gets another in front
+        # (looked for only when some id holds a "\x00" at all)
+        escape = "\x00" in "".join(changed)
         for i, created in changed.items():
-            key = "\x00" + i if i[:1] == "\x00" else i  # ids never collide with META_KEY
+            key = "\x00" + i if escape and i[:1] == "\x00" else i
             e = events.get(i)
             if e is not None:  # pending now, so its latest new entry is this one
-                changes[key] = ["e", created, e[2], e[1], features(e), e[3], e[4]]
+                changes[key] = ["e", created, e[2], e[1], e[6] if len(e) == 7 and e[5] is own else e[5:],  # == features(e)
+                                e[3], e[4]]
                 continue
             e = labels.get(i)
             if e is not None:
