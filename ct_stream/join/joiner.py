@@ -280,9 +280,10 @@ class PartitionJoiner:
         # id -> entry; an id is in at most one of the three maps.
         self._events: dict[str, tuple[Any, ...]] = {}
         self._labels: dict[str, tuple[Any, ...]] = {}
-        # id -> (state, event_ts, event entry or None); the event entry is kept only for
-        # an expired negative (state _EXPIRED), to build a correction.
-        self._done: dict[str, tuple[str, float, tuple[Any, ...] | None]] = {}
+        # id -> its event's ts for a joined id (the most common: no tuple, nothing for the
+        # garbage collector), else (state, event_ts, event entry or None); the event entry
+        # is kept only for an expired negative (state _EXPIRED), to build a correction.
+        self._done: dict[str, float | tuple[str, float, tuple[Any, ...] | None]] = {}
         # The deadline wheel: pending entries by deadline (ts + max_label_delay), in time
         # buckets of max_label_delay / 8, each bucket in arrival order; bucket
         # k = floor(deadline * _scale) (monotone in the deadline, so equal deadlines
@@ -443,7 +444,7 @@ class PartitionJoiner:
                     examples.append(Example(i, ev_ts, ts, rec.label, "joined", pe[3], pe[4],  # type: ignore[union-attr]
                                             partition, pe[2], feats))
                     delays.append(ts - ev_ts)
-                    done[i] = (_JOINED, ev_ts, None)  # == self._remember(...)
+                    done[i] = ev_ts  # == self._remember(i, _JOINED, ev_ts)
                     k = int((ev_ts + horizon) // width)
                     if k == done_k:
                         done_bucket.append(i)
@@ -488,7 +489,8 @@ class PartitionJoiner:
         i = rec.id
         events, labels, done = self._events, self._labels, self._done
         d = done.get(i)
-        known = d is not None and d[1] + self._horizon >= forget_wm  # in the done memory, not forgotten
+        # in the done memory, not forgotten
+        known = d is not None and (d[1] if type(d) is tuple else d) + self._horizon >= forget_wm
         learnt = False
         if kind == "event":
             if i in events or known:
@@ -509,7 +511,7 @@ class PartitionJoiner:
                 out.examples.append(Example(i, ts, pl[1], pl[3], "joined", rec.served_version,  # type: ignore[union-attr]
                                             rec.prediction, self.partition, offset, rec.features))  # type: ignore[union-attr]
                 self._label_delays.append(pl[1] - ts)
-                self._remember(i, (_JOINED, ts, None))
+                self._remember(i, _JOINED, ts)
                 self._log.append(i)
             return learnt
         e = events.pop(i, None)
@@ -518,10 +520,10 @@ class PartitionJoiner:
             out.examples.append(Example(i, ev_ts, ts, rec.label, "joined", e[3], e[4],  # type: ignore[union-attr]
                                         self.partition, e[2], self._features(e)))
             self._label_delays.append(ts - ev_ts)
-            self._remember(i, (_JOINED, ev_ts, None))
+            self._remember(i, _JOINED, ev_ts)
             self._log.append(i)
         elif known:
-            if d[0] == _EXPIRED:  # type: ignore[index]
+            if type(d) is tuple and d[0] == _EXPIRED:
                 e = d[2]  # type: ignore[index]
                 out.examples.append(Example(i, d[1], ts, rec.label, "correction",  # type: ignore[union-attr, index]
                                             e[3], e[4], self.partition, e[2], self._features(e)))  # type: ignore[index]
@@ -635,7 +637,7 @@ class PartitionJoiner:
         n = 0
         for i in self._buckets.pop(k):
             d = done.get(i)
-            if d is not None and int((d[1] + horizon) // width) <= k:
+            if d is not None and int(((d[1] if type(d) is tuple else d) + horizon) // width) <= k:
                 del done[i]
                 log.append(i)
                 n += 1
@@ -772,9 +774,11 @@ class PartitionJoiner:
                     d = done.get(i)
                     if d is None:
                         continue
-                    if d[1] + horizon < wm:
+                    if type(d) is tuple:
+                        d = d[1]
+                    if d + horizon < wm:
                         del done[i]
-                    elif int((d[1] + horizon) // width) <= k:
+                    elif int((d + horizon) // width) <= k:
                         # float rounding at a bucket edge: look again with the next bucket
                         # (an id re-used after it was forgotten is already in its own bucket)
                         self._bucket(i, k + 1)
@@ -783,10 +787,11 @@ class PartitionJoiner:
         """Bucket ``k`` is past the horizon when ``k < wm / width - 1``, i.e. ``(k + 1) * width < wm``."""
         return wm / self._bucket_width - 1
 
-    def _remember(self, i: str, entry: tuple[str, float, tuple[Any, ...] | None]) -> None:
-        """Put ``i`` in the done memory (replacing a forgotten entry, if any)."""
-        self._done[i] = entry
-        self._bucket(i, int((entry[1] + self._horizon) // self._bucket_width))
+    def _remember(self, i: str, state: str, event_ts: float, kept: tuple[Any, ...] | None = None) -> None:
+        """Put ``i`` in the done memory (replacing a forgotten entry, if any) with its
+        ``state``, its event's ts and, for an expired negative, the event entry."""
+        self._done[i] = event_ts if state == _JOINED else (state, event_ts, kept)
+        self._bucket(i, int((event_ts + self._horizon) // self._bucket_width))
 
     def _bucket(self, i: str, k: int) -> None:
         bucket = self._buckets.get(k)
@@ -888,6 +893,8 @@ class PartitionJoiner:
             d = done.get(i)
             if d is None:
                 changes[key] = None
+            elif type(d) is not tuple:
+                changes[key] = ["d", _JOINED, d]
             elif d[2] is None:
                 changes[key] = ["d", d[0], d[1]]
             else:
@@ -943,7 +950,9 @@ class PartitionJoiner:
                     ["l", s, e[2], e[1], e[3]]
         for i, d in self._done.items():
             key = "\x00" + i if i[:1] == "\x00" else i
-            if d[2] is None:
+            if type(d) is not tuple:
+                snap[key] = ["d", _JOINED, d]
+            elif d[2] is None:
                 snap[key] = ["d", d[0], d[1]]
             else:
                 e = d[2]
@@ -1005,9 +1014,9 @@ class PartitionJoiner:
                     state, event_ts = v[1], float(v[2])
                     if state == _EXPIRED:
                         kept = j._event_entry(i, event_ts, int(v[3]), feats(v[4]), v[5], v[6])
-                        j._remember(i, (state, event_ts, kept))
+                        j._remember(i, state, event_ts, kept)
                     else:
-                        j._remember(i, (state, event_ts, None))
+                        j._remember(i, state, event_ts)
                     continue
                 seq = int(v[1])
                 if tag == "e":
