@@ -307,6 +307,10 @@ def test_negative_policy_needs_a_default_label_and_kinds_are_checked() -> None:
         PartitionJoiner(0, JoinSpec(timeout_policy="negative"))
     with pytest.raises(CtStreamError):
         joiner().process([Input("labels", Label("a", 1.0, True), 0)])  # type: ignore[arg-type]
+    j = joiner()
+    with pytest.raises(CtStreamError):  # the records before it are handled; it moves nothing
+        j.process([E("a", 100.0, 0), Input("labels", Label("a", 200.0, True), 0)])  # type: ignore[arg-type]
+    assert (j.max_ts, j.watermark, j.pending_events) == (100.0, 98.0, 1)
 
 
 # ------------------------------------------------------------------------ changelog

@@ -401,21 +401,16 @@ class PartitionJoiner:
                     raise CtStreamError(f"Input.kind must be 'event' or 'label', got {kind!r}")
                 self._late(kind, rec, offset, out, source)
                 continue
-            # done entries with event_ts + horizon < forget_wm are forgotten (step 4 of
-            # the previous record would have forgotten them)
-            forget_wm = wm
-            # 2. max_ts and the watermark
-            if ts > max_ts:
-                self._max_ts = max_ts = ts
-                if ts - grace > wm:
-                    wm = self._wm = ts - grace
-            # 3. the record
+            # 3. the record, before step 2 here: it only needs the watermark from before
+            # it (done entries with event_ts + horizon < wm are forgotten: step 4 of the
+            # previous record would have forgotten them), and a record of an unknown
+            # kind raises before it moves anything
             i = rec.id
             if kind == "event":
                 n_events += 1
                 feats = rec.features  # type: ignore[union-attr]
                 if not fast or i in events or i in labels or i in done or len(feats) != n_names:
-                    if general(kind, rec, offset, ts, forget_wm, out):
+                    if general(kind, rec, offset, ts, wm, out):
                         pack, unpack, n_names = self._pack, self._unpack, len(self._names or ())
                         fast = self._fast and pack is not None
                     due = self._due()
@@ -436,7 +431,7 @@ class PartitionJoiner:
             elif kind == "label":
                 pe = events.pop(i, None) if fast else None
                 if pe is None:
-                    general(kind, rec, offset, ts, forget_wm, out)
+                    general(kind, rec, offset, ts, wm, out)
                     due = self._due()
                 else:  # its event is pending: joined (== _record's case, inline)
                     ev_ts = pe[1]
@@ -460,6 +455,11 @@ class PartitionJoiner:
                     log(i)
             else:
                 raise CtStreamError(f"Input.kind must be 'event' or 'label', got {kind!r}")
+            # 2. max_ts and the watermark
+            if ts > max_ts:
+                self._max_ts = max_ts = ts
+                if ts - grace > wm:
+                    wm = self._wm = ts - grace
             # 4. expiry, when the watermark passed the first deadline or done-memory
             # bucket that may be due (a stale entry at the front only costs an early look)
             if wm > due:
@@ -482,9 +482,8 @@ class PartitionJoiner:
 
     def _record(self, kind: str, rec: Event | Label, offset: int, ts: float, forget_wm: float,
                 out: JoinOutput) -> bool:
-        """Step 3 for one record that is not late (the general path of :meth:`process`,
-        which has already moved the watermark): ``forget_wm`` is the watermark before
-        it. Counts duplicates and corrections itself; joins are counted by ``process``
+        """Step 3 for one record that is not late (the general path of :meth:`process`):
+        ``forget_wm`` is the watermark before it (step 3 does not depend on step 2). Counts duplicates and corrections itself; joins are counted by ``process``
         (one label delay each). Returns whether it learnt the feature names."""
         i = rec.id
         events, labels, done = self._events, self._labels, self._done
