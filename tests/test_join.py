@@ -307,6 +307,10 @@ def test_negative_policy_needs_a_default_label_and_kinds_are_checked() -> None:
         PartitionJoiner(0, JoinSpec(timeout_policy="negative"))
     with pytest.raises(CtStreamError):
         joiner().process([Input("labels", Label("a", 1.0, True), 0)])  # type: ignore[arg-type]
+    j = joiner()
+    with pytest.raises(CtStreamError):  # the records before it are handled; it moves nothing
+        j.process([E("a", 100.0, 0), Input("labels", Label("a", 200.0, True), 0)])  # type: ignore[arg-type]
+    assert (j.max_ts, j.watermark, j.pending_events) == (100.0, 98.0, 1)
 
 
 # ------------------------------------------------------------------------ changelog
@@ -649,3 +653,76 @@ def test_restore_from_a_snapshot_and_later_drains_continues_identically(sc: dict
 def test_dead_letter_record_is_not_part_of_equality() -> None:
     a = DeadLetter("event", 0, 1, Reason.LATE, "x", ev("a", 1.0))
     assert a == DeadLetter("event", 0, 1, Reason.LATE, "x")
+
+
+# ------------------------------------------------------------- fast path vs general path
+
+@st.composite
+def messy_inputs(draw: st.DrawFn) -> list[Input]:
+    """Random records from a small id pool: events and labels in any order, duplicates,
+    re-used ids, late records (ts jumping back), ties, and events whose feature names
+    differ from the first event's (so they keep their own dict)."""
+    n = draw(st.integers(1, 80))
+    ts = 1000.0
+    inputs = []
+    offsets = {"event": 0, "label": 0}
+    for _ in range(n):
+        ts += draw(st.sampled_from([0.0, 0.25, 0.5, 1.0, 3.0, 7.0, -1.0, -4.0]))
+        kind = draw(st.sampled_from(["event", "label"]))
+        i = f"i{draw(st.integers(0, 12))}"
+        if kind == "event":
+            shape = draw(st.integers(0, 5))
+            feats: dict[str, Any] = {"x": ts, "c": "a", "b": True} if shape else {"x": ts, "other": 1}
+            rec: Event | Label = Event(i, ts, feats, draw(st.sampled_from([None, 1])), 0.5)
+        else:
+            rec = Label(i, ts, draw(st.booleans()))
+        inputs.append(Input(kind, rec, offsets[kind]))  # type: ignore[arg-type]
+        offsets[kind] += 1
+    return inputs
+
+
+@PROPERTY
+@given(messy_inputs(), st.sampled_from(["negative", "drop", "dlq"]), st.data())
+def test_fast_path_gives_what_the_general_path_gives(inputs: list[Input], policy: str,
+                                                     data: st.DataObject) -> None:
+    """``process`` handles the common cases inline; ``_fast = False`` sends every record
+    through ``_record``, the general path. Both give the same outputs, changes, snapshots,
+    counters and state, whatever the batches and the drains, ticks and capacity expiries
+    between them."""
+    batches = split(inputs, data.draw(st.lists(st.integers(0, 10_000), min_size=1, max_size=8), label="cuts"))
+    ops = [op for batch in batches
+           for op in (batch, data.draw(st.sampled_from(["", "drain", "snapshot", "capacity", 6.0]), label="op"))]
+    fast = PartitionJoiner(0, spec(policy), clock=FakeClock())
+    general = PartitionJoiner(0, spec(policy), clock=FakeClock())
+    general._fast = False
+    results = []
+    for j in (fast, general):
+        out, seen = JoinOutput(), []
+        for op in ops:
+            if op == "snapshot":
+                seen.append(j.snapshot())
+            elif op == "capacity":
+                out.extend(j.expire_oldest(1))
+            else:
+                seen.append(apply_op(j, op, out))
+        out.extend(j.tick(now=1e6))
+        seen += [j.drain_changes(), j.snapshot(), dict(j.counts), j.drain_label_delays(),
+                 (j.watermark, j.pending_events, j.pending_labels, j.remembered)]
+        results.append((out, seen))
+    assert results[0][0].examples == results[1][0].examples
+    assert results[0][0].dead_letters == results[1][0].dead_letters
+    assert [(d.detail, d.record) for d in results[0][0].dead_letters] == \
+        [(d.detail, d.record) for d in results[1][0].dead_letters]
+    assert results[0][1] == results[1][1]
+
+
+def test_fast_path_is_taken_for_the_common_case() -> None:
+    """A new event and the label that joins it do not reach the general path."""
+    j = joiner()
+    calls = []
+    general = j._record
+    j._record = lambda *a: calls.append(a[0]) or general(*a)  # type: ignore[method-assign]
+    j.process([E("a", 100.0, 0)])  # the first event teaches the feature names: general path
+    assert calls == ["event"]
+    out = j.process([E("b", 101.0, 1), L("b", 102.0, 0), L("a", 103.0, 1)])
+    assert calls == ["event"] and [x.outcome for x in out.examples] == ["joined", "joined"]

@@ -84,3 +84,30 @@ def test_past_the_other_topics_end_records_go_only_grace_ahead_until_held_max_wa
     assert m.take() == []  # held since now: waits max_wait again
     now[0] = 25.0
     assert [x for _, x in m.take()] == ["l9"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_take_payloads_releases_what_take_releases_without_the_kinds(data):
+    """Two mergers fed alike (undecodable records, unsorted stamps, ends, the max_wait
+    clock) release the same payloads in the same order, one through take(), one
+    through take_payloads()."""
+    now = [0.0]
+    mergers = [PartitionMerger(1.0, 5.0, lambda: now[0]) for _ in range(2)]
+    taken: list[list] = [[], []]
+    stamp = st.one_of(st.none(), st.floats(0, 100, allow_nan=False))
+    for step in range(data.draw(st.integers(1, 12))):
+        op = data.draw(st.sampled_from(["add-event", "add-label", "end-event", "end-label", "wait"]))
+        if op.startswith("add"):
+            kind = op[4:]
+            items = [(ts, (kind, step, k)) for k, ts in enumerate(data.draw(st.lists(stamp, max_size=6)))]
+            for m in mergers:
+                m.add(kind, items)
+        elif op.startswith("end"):
+            for m in mergers:
+                m.mark_end(op[4:])
+        else:
+            now[0] += data.draw(st.sampled_from([1.0, 6.0]))
+        taken[0].extend(x for _, x in mergers[0].take())
+        taken[1].extend(mergers[1].take_payloads())
+    assert taken[0] == taken[1]

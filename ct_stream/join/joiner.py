@@ -280,9 +280,10 @@ class PartitionJoiner:
         # id -> entry; an id is in at most one of the three maps.
         self._events: dict[str, tuple[Any, ...]] = {}
         self._labels: dict[str, tuple[Any, ...]] = {}
-        # id -> (state, event_ts, event entry or None); the event entry is kept only for
-        # an expired negative (state _EXPIRED), to build a correction.
-        self._done: dict[str, tuple[str, float, tuple[Any, ...] | None]] = {}
+        # id -> its event's ts for a joined id (the most common: no tuple, nothing for the
+        # garbage collector), else (state, event_ts, event entry or None); the event entry
+        # is kept only for an expired negative (state _EXPIRED), to build a correction.
+        self._done: dict[str, float | tuple[str, float, tuple[Any, ...] | None]] = {}
         # The deadline wheel: pending entries by deadline (ts + max_label_delay), in time
         # buckets of max_label_delay / 8, each bucket in arrival order; bucket
         # k = floor(deadline * _scale) (monotone in the deadline, so equal deadlines
@@ -298,6 +299,8 @@ class PartitionJoiner:
         self._front_pos = 0
         self._front_k: float = _NEG_INF
         self._stale = 0
+        # process() handles the common cases inline (False: every record through _record)
+        self._fast = True
         # The done memory is forgotten logically (an entry with event_ts + horizon below
         # the watermark is treated as absent) and cleaned physically by time bucket:
         # bucket k holds the ids whose forget time is in [k * width, (k + 1) * width);
@@ -355,7 +358,15 @@ class PartitionJoiner:
 
     # Processing --------------------------------------------------------------------
     def process(self, inputs: Sequence[Input]) -> JoinOutput:
-        """Join ``inputs`` (in arrival order) and return what they produced."""
+        """Join ``inputs`` (in arrival order) and return what they produced.
+
+        The loop handles the common cases inline (the *fast path*): an event whose id the
+        joiner does not hold, with the joiner's feature names, waits; a label whose event
+        is pending joins it. Every other record goes through :meth:`_record` (the general
+        path, which handles every case and is the reference: ``_fast = False`` sends every
+        record there, and the tests check both give the same outputs and state). Step 4
+        runs only when the watermark passes :meth:`_due`.
+        """
         out = JoinOutput()
         if not inputs:
             return out
@@ -363,148 +374,210 @@ class PartitionJoiner:
         examples = out.examples
         events, labels, done = self._events, self._labels, self._done
         log = self._log.append
-        front, wheel, wheel_keys, bucket_heap = self._front, self._wheel, self._wheel_keys, self._bucket_heap
+        wheel, buckets = self._wheel, self._buckets
         delays = self._label_delays
-        delay, grace, horizon, partition = self._delay, self._grace, self._horizon, self.partition
+        n_delays = len(delays)
+        delay, grace, horizon, partition, width = self._delay, self._grace, self._horizon, self.partition, self._bucket_width
         scale, floor = self._scale, math.floor
-        buckets, width = self._buckets, self._bucket_width
-        wm = self._wm
-        front_k = self._front_k
-        clean_below = self._clean_below(wm)
+        wm, max_ts = self._wm, self._max_ts
+        due = self._due()
         pack, unpack, n_names = self._pack, self._unpack, len(self._names or ())
-        n_events = n_labels = n_joined = n_corrections = dup_events = dup_labels = 0
+        fast = self._fast and pack is not None
+        general = self._record
+        # the wheel bucket (deadline bucket) and the done-memory bucket the last new entry
+        # went to: consecutive records mostly share them (valid until the next _expire)
+        wheel_k: int | None = None
+        wheel_bucket: list[tuple[Any, ...]] = []
+        done_k: int | None = None
+        done_bucket: list[str] = []
+        n_events = n_added = 0
         for kind, rec, offset, source in inputs:
             ts = rec.ts
-            if kind == "event":
-                n_events += 1
-            elif kind == "label":
-                n_labels += 1
-            else:
-                raise CtStreamError(f"Input.kind must be 'event' or 'label', got {kind!r}")
             # 1. late
             if ts < wm:
+                if kind == "event":
+                    n_events += 1
+                elif kind != "label":
+                    raise CtStreamError(f"Input.kind must be 'event' or 'label', got {kind!r}")
                 self._late(kind, rec, offset, out, source)
                 continue
-            # done entries with event_ts + horizon < forget_wm are forgotten (step 4 of
-            # the previous record would have forgotten them)
-            forget_wm = wm
-            # 2. max_ts and the watermark
-            if ts > self._max_ts:
-                self._max_ts = ts
-                if ts - grace > wm:
-                    wm = self._wm = ts - grace
-                    clean_below = wm / width - 1  # == self._clean_below(wm)
-            # 3. the record
+            # 3. the record, before step 2 here: it only needs the watermark from before
+            # it (done entries with event_ts + horizon < wm are forgotten: step 4 of the
+            # previous record would have forgotten them), and a record of an unknown
+            # kind raises before it moves anything
             i = rec.id
-            entry: tuple[Any, ...] | None = None  # a new pending entry
             if kind == "event":
-                if i in events:
-                    dup_events += 1
-                else:
-                    d = done.get(i)
-                    if d is not None and d[1] + horizon >= forget_wm:
-                        dup_events += 1
+                n_events += 1
+                feats = rec.features  # type: ignore[union-attr]
+                if not fast or i in events or i in labels or i in done or len(feats) != n_names:
+                    if general(kind, rec, offset, ts, wm, out):
+                        pack, unpack, n_names = self._pack, self._unpack, len(self._names or ())
+                        fast = self._fast and pack is not None
+                    due = self._due()
+                else:  # a new event: it waits (== _record's case, inline)
+                    try:
+                        entry = pack(i, ts, offset, rec.served_version, rec.prediction, feats)  # type: ignore[misc, union-attr]
+                    except KeyError:
+                        entry = (i, ts, offset, rec.served_version, rec.prediction, _OWN_NAMES, feats)  # type: ignore[union-attr]
+                    events[i] = entry
+                    n_added += 1
+                    log(entry)
+                    k = floor((ts + delay) * scale)
+                    if k == wheel_k:
+                        wheel_bucket.append(entry)
                     else:
-                        if d is not None:  # past the horizon: forgotten, the id is new again
-                            del done[i]
-                        pl = labels.pop(i, None)
-                        if pl is None:
-                            feats = rec.features  # type: ignore[union-attr]
-                            if pack is None:
-                                self._learn_names(feats)
-                                pack, unpack, n_names = self._pack, self._unpack, len(self._names or ())
-                            entry = None
-                            if len(feats) == n_names:
-                                try:  # == self._event_entry(...)
-                                    entry = pack(i, ts, offset, rec.served_version, rec.prediction, feats)  # type: ignore[misc, union-attr]
-                                except KeyError:
-                                    pass
-                            if entry is None:
-                                entry = (i, ts, offset, rec.served_version, rec.prediction,  # type: ignore[union-attr]
-                                         _OWN_NAMES, feats)
-                            events[i] = entry
-                        else:
-                            examples.append(Example(i, ts, pl[1], pl[3], "joined", rec.served_version,  # type: ignore[union-attr]
-                                                    rec.prediction, partition, offset, rec.features))  # type: ignore[union-attr]
-                            delays.append(pl[1] - ts)
-                            n_joined += 1
-                            self._stale += 1
-                            done[i] = (_JOINED, ts, None)  # == self._remember(...)
-                            k = int((ts + horizon) // width)
-                            bucket = buckets.get(k)
-                            if bucket is None:
-                                self._bucket(i, k)
-                            else:
-                                bucket.append(i)
-                            log(i)
-            else:
-                pe = events.pop(i, None)
-                if pe is not None:
+                        wheel_k, wheel_bucket = self._schedule(entry, k)  # type: ignore[assignment]
+                        due = self._due()
+            elif kind == "label":
+                pe = events.pop(i, None) if fast else None
+                if pe is None:
+                    general(kind, rec, offset, ts, wm, out)
+                    due = self._due()
+                else:  # its event is pending: joined (== _record's case, inline)
                     ev_ts = pe[1]
                     feats = pe[6] if len(pe) == 7 and pe[5] is _OWN_NAMES else unpack(pe)  # == self._features(pe)
                     examples.append(Example(i, ev_ts, ts, rec.label, "joined", pe[3], pe[4],  # type: ignore[union-attr]
                                             partition, pe[2], feats))
                     delays.append(ts - ev_ts)
-                    n_joined += 1
-                    self._stale += 1
-                    done[i] = (_JOINED, ev_ts, None)  # == self._remember(...)
+                    done[i] = ev_ts  # == self._remember(i, _JOINED, ev_ts)
                     k = int((ev_ts + horizon) // width)
-                    bucket = buckets.get(k)
-                    if bucket is None:
-                        self._bucket(i, k)
+                    if k == done_k:
+                        done_bucket.append(i)
                     else:
-                        bucket.append(i)
-                    log(i)
-                else:
-                    d = done.get(i)
-                    if d is not None and d[1] + horizon >= forget_wm:
-                        if d[0] == _EXPIRED:
-                            e = d[2]
-                            examples.append(Example(i, d[1], ts, rec.label, "correction",  # type: ignore[union-attr]
-                                                    e[3], e[4], partition, e[2], self._features(e)))  # type: ignore[index]
-                            n_corrections += 1
-                            done[i] = (_CORRECTED, d[1], None)
-                            log(i)
+                        done_bucket = buckets.get(k)  # type: ignore[assignment]
+                        if done_bucket is None:
+                            self._bucket(i, k)
+                            done_bucket = buckets[k]
+                            due = self._due()
                         else:
-                            dup_labels += 1
-                    elif i in labels:
-                        dup_labels += 1
-                    else:
-                        if d is not None:  # past the horizon: forgotten, the id is new again
-                            del done[i]
-                        entry = (i, ts, offset, rec.label)  # type: ignore[union-attr]
-                        labels[i] = entry
-            if entry is not None:  # == self._add_pending(entry)
-                self._seq += 1
-                log(entry)
-                k = floor((ts + delay) * scale)
-                if k > front_k:
-                    wheel_bucket = wheel.get(k)
-                    if wheel_bucket is None:
-                        wheel[k] = [entry]
-                        heapq.heappush(wheel_keys, k)
-                    else:
-                        wheel_bucket.append(entry)
-                else:
-                    self._to_front(entry)
-            # 4. expiry (a stale entry at the front only costs an early look; the next
-            # wheel bucket k may hold a deadline < wm when k <= floor(wm * scale), i.e.
-            # k <= wm * scale)
-            pos = self._front_pos
-            if (front[pos][1] + delay < wm if pos < len(front) else (wheel_keys and wheel_keys[0] <= wm * scale)) \
-                    or (bucket_heap and bucket_heap[0] < clean_below):
+                            done_bucket.append(i)
+                        done_k = k
+                    log(i)
+            else:
+                raise CtStreamError(f"Input.kind must be 'event' or 'label', got {kind!r}")
+            # 2. max_ts and the watermark
+            if ts > max_ts:
+                self._max_ts = max_ts = ts
+                if ts - grace > wm:
+                    wm = self._wm = ts - grace
+            # 4. expiry, when the watermark passed the first deadline or done-memory
+            # bucket that may be due (a stale entry at the front only costs an early look)
+            if wm > due:
                 self._expire(out)
-                front_k = self._front_k
+                due = self._due()
+                if wheel_k is not None and wheel_k <= self._front_k:  # its bucket went to the front
+                    wheel_k = None
+                if done_k is not None and buckets.get(done_k) is not done_bucket:  # forgotten
+                    done_k = None
+        n_joined = len(delays) - n_delays  # one label delay per joined example
+        self._seq += n_added
+        self._stale += n_joined
         counts = self.counts
         counts["events"] += n_events
-        counts["labels"] += n_labels
+        counts["labels"] += len(inputs) - n_events
         counts["joined"] += n_joined
-        counts["corrections"] += n_corrections
-        counts["duplicate_events"] += dup_events
-        counts["duplicate_labels"] += dup_labels
         if self._stale > 1024 and self._stale > self.pending:
             self._compact()
         return out
+
+    def _record(self, kind: str, rec: Event | Label, offset: int, ts: float, forget_wm: float,
+                out: JoinOutput) -> bool:
+        """Step 3 for one record that is not late (the general path of :meth:`process`):
+        ``forget_wm`` is the watermark before it (step 3 does not depend on step 2). Counts duplicates and corrections itself; joins are counted by ``process``
+        (one label delay each). Returns whether it learnt the feature names."""
+        i = rec.id
+        events, labels, done = self._events, self._labels, self._done
+        d = done.get(i)
+        # in the done memory, not forgotten
+        known = d is not None and (d[1] if type(d) is tuple else d) + self._horizon >= forget_wm
+        learnt = False
+        if kind == "event":
+            if i in events or known:
+                self.counts["duplicate_events"] += 1
+                return False
+            if d is not None:  # past the horizon: forgotten, the id is new again
+                del done[i]
+            pl = labels.pop(i, None)
+            if pl is None:
+                feats = rec.features  # type: ignore[union-attr]
+                if self._pack is None:
+                    self._learn_names(feats)
+                    learnt = True
+                e = self._event_entry(i, ts, offset, feats, rec.served_version, rec.prediction)  # type: ignore[union-attr]
+                events[i] = e
+                self._add_pending(e)
+            else:
+                out.examples.append(Example(i, ts, pl[1], pl[3], "joined", rec.served_version,  # type: ignore[union-attr]
+                                            rec.prediction, self.partition, offset, rec.features))  # type: ignore[union-attr]
+                self._label_delays.append(pl[1] - ts)
+                self._remember(i, _JOINED, ts)
+                self._log.append(i)
+            return learnt
+        e = events.pop(i, None)
+        if e is not None:
+            ev_ts = e[1]
+            out.examples.append(Example(i, ev_ts, ts, rec.label, "joined", e[3], e[4],  # type: ignore[union-attr]
+                                        self.partition, e[2], self._features(e)))
+            self._label_delays.append(ts - ev_ts)
+            self._remember(i, _JOINED, ev_ts)
+            self._log.append(i)
+        elif known:
+            if type(d) is tuple and d[0] == _EXPIRED:
+                e = d[2]  # type: ignore[index]
+                out.examples.append(Example(i, d[1], ts, rec.label, "correction",  # type: ignore[union-attr, index]
+                                            e[3], e[4], self.partition, e[2], self._features(e)))  # type: ignore[index]
+                self.counts["corrections"] += 1
+                done[i] = (_CORRECTED, d[1], None)  # type: ignore[index]
+                self._log.append(i)
+            else:
+                self.counts["duplicate_labels"] += 1
+        elif i in labels:
+            self.counts["duplicate_labels"] += 1
+        else:
+            if d is not None:  # past the horizon: forgotten, the id is new again
+                del done[i]
+            e = (i, ts, offset, rec.label)  # type: ignore[union-attr]
+            labels[i] = e
+            self._add_pending(e)
+        return False
+
+    def _due(self) -> float:
+        """A watermark below which step 4 has nothing to do: ``process`` runs
+        :meth:`_expire` once the watermark is above it. It is the first front entry's
+        deadline (exactly: that entry expires when the watermark is above it), or, with
+        the front used up, the start of the next wheel bucket, and the end of the oldest
+        done-memory bucket, whichever is smaller. The last two are lowered by a relative
+        1e-12 (far more than the rounding of ``_peek``'s and ``_forget_past_horizon``'s
+        own tests), so an early look is possible but a late one is not. Valid until the
+        front, the wheel's first key or the done buckets' first key changes."""
+        due = math.inf
+        pos, front = self._front_pos, self._front
+        if pos < len(front):
+            due = front[pos][1] + self._delay
+        elif self._wheel_keys:
+            x = self._wheel_keys[0] / self._scale
+            due = x - abs(x) * 1e-12 - 1e-12
+        if self._bucket_heap:
+            x = (self._bucket_heap[0] + 1) * self._bucket_width
+            x = x - abs(x) * 1e-12 - 1e-12
+            if x < due:
+                due = x
+        return due
+
+    def _schedule(self, e: tuple[Any, ...], k: int) -> tuple[int | None, list[tuple[Any, ...]] | None]:
+        """Put the new pending entry ``e`` (already in its map and the change log) in the
+        wheel bucket ``k`` (its deadline's) or the front; return ``(k, bucket)`` when it
+        went to a wheel bucket, else ``(None, None)``."""
+        if k > self._front_k:
+            bucket = self._wheel.get(k)
+            if bucket is None:
+                bucket = self._wheel[k] = [e]
+                heapq.heappush(self._wheel_keys, k)
+            else:
+                bucket.append(e)
+            return k, bucket
+        self._to_front(e)
+        return None, None
 
     def tick(self, now: float | None = None) -> JoinOutput:
         """Advance the watermark by idle time (``now`` defaults to ``clock()``) and expire.
@@ -541,7 +614,7 @@ class PartitionJoiner:
             if e is None:
                 break
             self._front_pos += 1
-            self._expire_entry(e, out, capacity=True)
+            self._expire_entry(e, out, True)
             self.counts["capacity_expired"] += 1
             n -= 1
         self._trim_front()
@@ -563,7 +636,7 @@ class PartitionJoiner:
         n = 0
         for i in self._buckets.pop(k):
             d = done.get(i)
-            if d is not None and int((d[1] + horizon) // width) <= k:
+            if d is not None and int(((d[1] if type(d) is tuple else d) + horizon) // width) <= k:
                 del done[i]
                 log.append(i)
                 n += 1
@@ -600,16 +673,7 @@ class PartitionJoiner:
         """Schedule the new pending entry ``e`` (the latest arrival; already in its map)."""
         self._seq += 1
         self._log.append(e)
-        k = math.floor((e[1] + self._delay) * self._scale)
-        if k > self._front_k:
-            bucket = self._wheel.get(k)
-            if bucket is None:
-                self._wheel[k] = [e]
-                heapq.heappush(self._wheel_keys, k)
-            else:
-                bucket.append(e)
-        else:
-            self._to_front(e)
+        self._schedule(e, math.floor((e[1] + self._delay) * self._scale))
 
     def _to_front(self, e: tuple[Any, ...]) -> None:
         """Put the new entry ``e`` (the latest arrival) in its place in the front: after
@@ -670,6 +734,7 @@ class PartitionJoiner:
         if wm == _NEG_INF:
             return
         delay, front, events, labels = self._delay, self._front, self._events, self._labels
+        expire_entry = self._expire_entry
         while True:
             pos = self._front_pos
             if pos < len(front):
@@ -678,13 +743,16 @@ class PartitionJoiner:
                     break
                 self._front_pos = pos + 1
                 if events.get(e[0]) is e or labels.get(e[0]) is e:
-                    self._expire_entry(e, out, capacity=False)
+                    expire_entry(e, out, False)
                 else:
                     self._stale -= 1
             elif self._peek(wm) is None:  # moves the next due wheel bucket to the front
                 break
-        self._trim_front()
-        self._forget_past_horizon(wm)
+        if self._front_pos > 1024:  # == self._trim_front(), without the call in the common case
+            self._trim_front()
+        bucket_heap = self._bucket_heap
+        if bucket_heap and bucket_heap[0] < wm / self._bucket_width - 1:  # == _forget_past_horizon's test
+            self._forget_past_horizon(wm)
 
     def _forget_past_horizon(self, wm: float) -> None:
         """Forget the done entries of the buckets past the horizon at watermark ``wm``.
@@ -705,9 +773,11 @@ class PartitionJoiner:
                     d = done.get(i)
                     if d is None:
                         continue
-                    if d[1] + horizon < wm:
+                    if type(d) is tuple:
+                        d = d[1]
+                    if d + horizon < wm:
                         del done[i]
-                    elif int((d[1] + horizon) // width) <= k:
+                    elif int((d + horizon) // width) <= k:
                         # float rounding at a bucket edge: look again with the next bucket
                         # (an id re-used after it was forgotten is already in its own bucket)
                         self._bucket(i, k + 1)
@@ -716,10 +786,11 @@ class PartitionJoiner:
         """Bucket ``k`` is past the horizon when ``k < wm / width - 1``, i.e. ``(k + 1) * width < wm``."""
         return wm / self._bucket_width - 1
 
-    def _remember(self, i: str, entry: tuple[str, float, tuple[Any, ...] | None]) -> None:
-        """Put ``i`` in the done memory (replacing a forgotten entry, if any)."""
-        self._done[i] = entry
-        self._bucket(i, int((entry[1] + self._horizon) // self._bucket_width))
+    def _remember(self, i: str, state: str, event_ts: float, kept: tuple[Any, ...] | None = None) -> None:
+        """Put ``i`` in the done memory (replacing a forgotten entry, if any) with its
+        ``state``, its event's ts and, for an expired negative, the event entry."""
+        self._done[i] = event_ts if state == _JOINED else (state, event_ts, kept)
+        self._bucket(i, int((event_ts + self._horizon) // self._bucket_width))
 
     def _bucket(self, i: str, k: int) -> None:
         bucket = self._buckets.get(k)
@@ -729,26 +800,31 @@ class PartitionJoiner:
         else:
             bucket.append(i)
 
-    def _expire_entry(self, e: tuple[Any, ...], out: JoinOutput, *, capacity: bool) -> None:
-        """Expire the live pending entry ``e`` (already taken off the front)."""
+    def _why(self, capacity: bool) -> str:
+        """Why an entry expired, for the detail of its dead letter."""
+        return "max_pending reached: expired early" if capacity else \
+            f"no match within max_label_delay {self._delay!r}s"
+
+    def _expire_entry(self, e: tuple[Any, ...], out: JoinOutput, capacity: bool) -> None:
+        """Expire the live pending entry ``e`` (already taken off the front); ``capacity``:
+        early, at ``max_pending``."""
         i, ts, offset = e[0], e[1], e[2]
         counts = self.counts
         self._log.append(i)
-        why = "max_pending reached: expired early" if capacity else \
-            f"no match within max_label_delay {self._delay!r}s"
         if self._events.get(i) is not e:
             del self._labels[i]
             counts["unknown_id"] += 1
             out.dead_letters.append(DeadLetter("label", self.partition, offset, Reason.UNKNOWN_ID,
-                                               f"label {i!r}: no event; {why}", Label(i, ts, e[3])))
+                                               f"label {i!r}: no event; {self._why(capacity)}", Label(i, ts, e[3])))
             return
         del self._events[i]
         policy = self._policy
         kept = None
         if policy == "negative":
             counts["expired"] += 1
+            feats = e[6] if len(e) == 7 and e[5] is _OWN_NAMES else self._unpack(e)  # == self._features(e)
             out.examples.append(Example(i, ts, None, self._default_label, "expired", e[3], e[4],
-                                        self.partition, offset, self._features(e)))
+                                        self.partition, offset, feats))
             state, kept = _EXPIRED, e
         elif policy == "drop":
             counts["expired_dropped"] += 1
@@ -756,10 +832,16 @@ class PartitionJoiner:
         else:
             counts["expired_dlq"] += 1
             out.dead_letters.append(DeadLetter("event", self.partition, offset, Reason.EXPIRED,
-                                               f"event {i!r}: no label; {why}",
+                                               f"event {i!r}: no label; {self._why(capacity)}",
                                                Event(i, ts, self._features(e), e[3], e[4])))
             state = _DEAD_LETTERED
-        self._remember(i, (state, ts, kept))
+        self._done[i] = (state, ts, kept)  # == self._remember(...)
+        k = int((ts + self._horizon) // self._bucket_width)
+        bucket = self._buckets.get(k)
+        if bucket is None:
+            self._bucket(i, k)
+        else:
+            bucket.append(i)
 
     def _compact(self) -> None:
         """Drop the stale entries from the wheel (amortised O(1) per join)."""
@@ -784,19 +866,24 @@ class PartitionJoiner:
         """
         seq = self._log_seq
         changed: dict[str, int | None] = {}  # id -> sequence number of its latest new pending entry
+        tup = tuple
         for c in self._log:
-            if type(c) is tuple:
+            if type(c) is tup:
                 changed[c[0]] = seq
                 seq += 1
             elif c not in changed:
                 changed[c] = None  # type: ignore[index]
         changes: dict[str, Any] = {}
-        events, labels, done, features = self._events, self._labels, self._done, _feature_state
+        events, labels, done, features, own = self._events, self._labels, self._done, _feature_state, _OWN_NAMES
+        # ids never collide with META_KEY: one that starts with "\x00" gets another in front
+        # (looked for only when some id holds a "\x00" at all)
+        escape = "\x00" in "".join(changed)
         for i, created in changed.items():
-            key = "\x00" + i if i[:1] == "\x00" else i  # ids never collide with META_KEY
+            key = "\x00" + i if escape and i[:1] == "\x00" else i
             e = events.get(i)
             if e is not None:  # pending now, so its latest new entry is this one
-                changes[key] = ["e", created, e[2], e[1], features(e), e[3], e[4]]
+                changes[key] = ["e", created, e[2], e[1], e[6] if len(e) == 7 and e[5] is own else e[5:],  # == features(e)
+                                e[3], e[4]]
                 continue
             e = labels.get(i)
             if e is not None:
@@ -805,6 +892,8 @@ class PartitionJoiner:
             d = done.get(i)
             if d is None:
                 changes[key] = None
+            elif type(d) is not tuple:
+                changes[key] = ["d", _JOINED, d]
             elif d[2] is None:
                 changes[key] = ["d", d[0], d[1]]
             else:
@@ -860,7 +949,9 @@ class PartitionJoiner:
                     ["l", s, e[2], e[1], e[3]]
         for i, d in self._done.items():
             key = "\x00" + i if i[:1] == "\x00" else i
-            if d[2] is None:
+            if type(d) is not tuple:
+                snap[key] = ["d", _JOINED, d]
+            elif d[2] is None:
                 snap[key] = ["d", d[0], d[1]]
             else:
                 e = d[2]
@@ -922,9 +1013,9 @@ class PartitionJoiner:
                     state, event_ts = v[1], float(v[2])
                     if state == _EXPIRED:
                         kept = j._event_entry(i, event_ts, int(v[3]), feats(v[4]), v[5], v[6])
-                        j._remember(i, (state, event_ts, kept))
+                        j._remember(i, state, event_ts, kept)
                     else:
-                        j._remember(i, (state, event_ts, None))
+                        j._remember(i, state, event_ts)
                     continue
                 seq = int(v[1])
                 if tag == "e":

@@ -88,9 +88,19 @@ class PartitionMerger:
         return len(self._queues[kind])
 
     def take(self) -> list[tuple[str, Any]]:
-        """Every record that can go to the joiner now, in timestamp order."""
+        """Every record that can go to the joiner now, in timestamp order, as ``(kind,
+        payload)`` pairs."""
+        return self._take(False)  # type: ignore[return-value]
+
+    def take_payloads(self) -> list[Any]:
+        """What :meth:`take` returns, the payloads alone (for payloads that carry their
+        kind: no pair per record)."""
+        return self._take(True)
+
+    def _take(self, bare: bool) -> list[Any]:
+        """:meth:`take`, or with ``bare`` :meth:`take_payloads`."""
         events, labels = self._queues["event"], self._queues["label"]
-        out: list[tuple[str, Any]] = []
+        out: list[Any] = []
         append = out.append
         if events and labels:  # the common case, in a tight loop: both queues hold records
             e_pop, l_pop = events.popleft, labels.popleft
@@ -100,7 +110,7 @@ class PartitionMerger:
                 et, lt = e[0], lb[0]
                 if et is not None and (lt is None or et > lt):
                     l_pop()
-                    append(("label", lb[1]))
+                    append(lb[1] if bare else ("label", lb[1]))
                     if lt is not None:
                         last_l = lt
                     if not labels:
@@ -108,7 +118,7 @@ class PartitionMerger:
                     lb = labels[0]
                 else:
                     e_pop()
-                    append(("event", e[1]))
+                    append(e[1] if bare else ("event", e[1]))
                     if et is not None:
                         last_e = et
                     if not events:
@@ -120,18 +130,22 @@ class PartitionMerger:
                 self._last_ts["label"] = last_l
         while True:
             if events and events[0][0] is None:
-                append(("event", events.popleft()[1]))
+                x = events.popleft()[1]
+                append(x if bare else ("event", x))
                 continue
             if labels and labels[0][0] is None:
-                append(("label", labels.popleft()[1]))
+                x = labels.popleft()[1]
+                append(x if bare else ("label", x))
                 continue
             if events and labels:
                 if events[0][0] <= labels[0][0]:  # type: ignore[operator]
                     self._last_ts["event"] = events[0][0]  # type: ignore[assignment]
-                    append(("event", events.popleft()[1]))
+                    x = events.popleft()[1]
+                    append(x if bare else ("event", x))
                 else:
                     self._last_ts["label"] = labels[0][0]  # type: ignore[assignment]
-                    append(("label", labels.popleft()[1]))
+                    x = labels.popleft()[1]
+                    append(x if bare else ("label", x))
                 continue
             kind = "event" if events and self._at_end["label"] else "label" if labels and self._at_end["event"] else None
             if kind is None:
@@ -141,7 +155,8 @@ class PartitionMerger:
             other = "label" if kind == "event" else "event"
             if queue[0][0] <= self._last_ts[other] + self._grace:  # type: ignore[operator]
                 self._last_ts[kind] = queue[0][0]  # type: ignore[assignment]
-                append((kind, queue.popleft()[1]))
+                x = queue.popleft()[1]
+                append(x if bare else (kind, x))
                 continue
             now = self._clock()
             if self._held_since is None:
@@ -153,4 +168,4 @@ class PartitionMerger:
                 ts, payload = queue.popleft()
                 if ts is not None:
                     self._last_ts[kind] = ts
-                append((kind, payload))
+                append(payload if bare else (kind, payload))

@@ -79,6 +79,8 @@ class JoinerWorker:
         self.group = JoinerGroup(topology.join, clock=clock)
         self._buffers: dict[int, list[Any]] = defaultdict(list)
         self._mergers: dict[int, PartitionMerger] = {}
+        # per partition: records that failed to decode, held in its merger until released
+        self._rejects_held: Counter[int] = Counter()
         self._offsets: dict[tuple[str, int], int] = {}
         self._last_commit = clock()
         self._last_tick = clock()
@@ -143,6 +145,7 @@ class JoinerWorker:
             self.group.remove_partition(p)
             self._changelogs.pop(p, None)
             self._mergers.pop(p, None)
+            self._rejects_held.pop(p, None)
             self._buffers.pop(p, None)
         revoked = set(tps)
         self._offsets = {tp: o for tp, o in self._offsets.items() if tp not in revoked}
@@ -202,6 +205,7 @@ class JoinerWorker:
             good, rejects = decode([m.value() for m in tp_msgs], schema, [m.timestamp()[1] for m in tp_msgs])
             # an item: (ts, joiner input (kind, record, offset, message)); a reject has no ts
             if rejects:
+                self._rejects_held[p] += len(rejects)
                 bad = dict(rejects)
                 it = iter(good)
                 items: list[tuple[float | None, tuple[str, Any, int, Any]]] = []
@@ -278,15 +282,17 @@ class JoinerWorker:
 
     def _release(self, p: int) -> None:
         """Feed the partition's records that are ready, in event-time order, to its joiner."""
-        released = self._mergers[p].take()
-        if not released:
+        inputs = self._mergers[p].take_payloads()  # joiner inputs (kind, record, offset, message)
+        if not inputs:
             return
-        inputs = [x for _, x in released]
-        good = [x for x in inputs if x[1].__class__ is not Reject]
-        if len(good) != len(inputs):
-            for _, reject, _, m in inputs:
-                if reject.__class__ is Reject:
-                    self._dead_letter(m, reject.reason.value, reject.detail)
+        good = inputs
+        if self._rejects_held.get(p):  # records that failed to decode wait in the merger
+            good = [x for x in inputs if x[1].__class__ is not Reject]
+            if len(good) != len(inputs):
+                self._rejects_held[p] -= len(inputs) - len(good)
+                for _, reject, _, m in inputs:
+                    if reject.__class__ is Reject:
+                        self._dead_letter(m, reject.reason.value, reject.detail)
         t = self.t
         missing = {"event", "label"}
         for kind, _, offset, _ in reversed(inputs):  # each topic's records come in offset order
@@ -410,6 +416,7 @@ class JoinerWorker:
         self._changelogs.clear()
         self._buffers.clear()
         self._mergers.clear()
+        self._rejects_held.clear()
         self._offsets.clear()
         self._paused.clear()
         self.setup()
