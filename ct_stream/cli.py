@@ -25,6 +25,7 @@ commands:
   demo       run the pipeline end to end on the embedded broker (or --bootstrap)
   broker     run a broker in the foreground and print its bootstrap address
   run        run a topology's workers against Kafka (joiner, trainer, or both)
+  serve      serve a topology's latest approved model over HTTP (hot-swapped from Kafka)
   validate   check topology files and say what is wrong, field by field
 
 Point any command at an existing Kafka cluster with --bootstrap HOST:PORT (or
@@ -118,6 +119,33 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port (default 127.0.0.1)")
     run.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     _bootstrap_arg(run, "the Kafka cluster (required)")
+
+    serve = sub.add_parser(
+        "serve", help="serve a topology's latest approved model over HTTP",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.dedent("""\
+            Serve TOPOLOGY's model over HTTP until Ctrl-C or SIGTERM. The model is read from
+            <name>.models and hot-swapped as the trainer publishes versions; every update is
+            verified with the key in CT_STREAM_SIGNING_KEY (refuses to start without one
+            unless --insecure).
+
+              POST /predict   {"features": {...}, "key": "...", "id": "..."} or {"requests": [...]}
+              GET  /healthz   200 once a model is loaded, 503 before
+              GET  /model     the serving version, its metrics and lineage
+              GET  /metrics   Prometheus metrics
+
+            Predictions of requests with an "id" are logged to the events topic with
+            served_version and prediction (unless --no-log-predictions or the topology's
+            serving.log_predictions is False), so the joiner joins them with their labels."""))
+    serve.add_argument("topology", type=Path, metavar="TOPOLOGY")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000; 0: a free one)")
+    serve.add_argument("--insecure", action="store_true",
+                       help="accept UNSIGNED model updates when CT_STREAM_SIGNING_KEY is not set (development only)")
+    serve.add_argument("--no-log-predictions", dest="log_predictions", action="store_false",
+                       help="do not log served predictions to the events topic")
+    serve.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    _bootstrap_arg(serve, "the Kafka cluster (required)")
 
     validate = sub.add_parser(
         "validate", help="check topology files",
@@ -289,6 +317,46 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+
+    from ct_stream.serving.server import serve
+    from ct_stream.topology import load_topology
+
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.bootstrap:
+        print("error: --bootstrap: missing; allowed: HOST:PORT of a Kafka cluster (or set CT_STREAM_BOOTSTRAP; "
+              "`ct-stream broker` starts a local one)", file=sys.stderr)
+        return 2
+    if not 0 <= args.port <= 65535:
+        print(f"error: --port: got {args.port}; allowed: 0..65535 (0: a free port)", file=sys.stderr)
+        return 2
+    key = os.environ.get("CT_STREAM_SIGNING_KEY") or None
+    if key is None and not args.insecure:
+        print("error: CT_STREAM_SIGNING_KEY: not set; allowed: the HMAC key the trainer signs model updates with, "
+              "or --insecure to accept unsigned updates (development only)", file=sys.stderr)
+        return 2
+    topology = load_topology(args.topology)
+
+    def interrupted(*_: object) -> None:
+        raise KeyboardInterrupt  # uvicorn handles the signal while it runs, then re-raises it here
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, interrupted)
+
+    def listening(host: str, port: int) -> None:
+        print(f"serving {topology.name} on http://{host}:{port} (model updates from {topology.models_topic})",
+              flush=True)
+
+    try:
+        serve(topology, args.bootstrap, host=args.host, port=args.port, signing_key=key.encode() if key else None,
+              insecure=args.insecure, log_predictions=args.log_predictions, on_listening=listening)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ct-stream`` console script."""
     parser = _parser()
@@ -303,6 +371,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_demo(args)
         if args.command == "run":
             return _cmd_run(args)
+        if args.command == "serve":
+            return _cmd_serve(args)
         return _cmd_broker(args)
     except CtStreamError as e:
         print(f"error: {e}", file=sys.stderr)
