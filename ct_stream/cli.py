@@ -26,6 +26,7 @@ commands:
   broker     run a broker in the foreground and print its bootstrap address
   run        run a topology's workers against Kafka (joiner, trainer, or both)
   serve      serve a topology's latest approved model over HTTP (hot-swapped from Kafka)
+  models     list or show a topology's model versions; roll back to an older one
   validate   check topology files and say what is wrong, field by field
 
 Point any command at an existing Kafka cluster with --bootstrap HOST:PORT (or
@@ -146,6 +147,28 @@ def _parser() -> argparse.ArgumentParser:
                        help="do not log served predictions to the events topic")
     serve.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     _bootstrap_arg(serve, "the Kafka cluster (required)")
+
+    models = sub.add_parser(
+        "models", help="list or show model versions; roll back by hand",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.dedent("""\
+            Read TOPOLOGY's promotion topic (<name>.models) and verify every update with the
+            key in CT_STREAM_SIGNING_KEY (without one, only the artifact hashes are checked).
+
+              list      one line per version: action, parent, time, artifact, gate metric
+              show V    version V's whole update: metrics, gate report, lineage
+              rollback  publish a signed rollback to --to V (an older version still on the
+                        topic): serving nodes and the trainer take its artifact as champion
+
+            The topic is compacted by model name: older versions stay only until the broker
+            compacts it."""))
+    models.add_argument("action", choices=("list", "show", "rollback"))
+    models.add_argument("topology", type=Path, metavar="TOPOLOGY")
+    models.add_argument("version", type=int, nargs="?", metavar="V", help="show: the version to show")
+    models.add_argument("--to", type=int, default=None, metavar="V", help="rollback: the version to restore")
+    models.add_argument("--insecure", action="store_true",
+                        help="rollback: publish UNSIGNED when CT_STREAM_SIGNING_KEY is not set (development only)")
+    _bootstrap_arg(models, "the Kafka cluster (required)")
 
     validate = sub.add_parser(
         "validate", help="check topology files",
@@ -357,6 +380,59 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_models(args: argparse.Namespace) -> int:
+    import orjson
+
+    from ct_stream.runtime.models import read_updates, rollback
+    from ct_stream.topology import load_topology
+
+    if not args.bootstrap:
+        print("error: --bootstrap: missing; allowed: HOST:PORT of a Kafka cluster (or set CT_STREAM_BOOTSTRAP)",
+              file=sys.stderr)
+        return 2
+    key_text = os.environ.get("CT_STREAM_SIGNING_KEY") or None
+    key = key_text.encode() if key_text else None
+    topology = load_topology(args.topology)
+    if args.action == "rollback":
+        if args.to is None:
+            print("error: --to: missing; allowed: the version to restore (see `ct-stream models list`)",
+                  file=sys.stderr)
+            return 2
+        if key is None and not args.insecure:
+            print("error: CT_STREAM_SIGNING_KEY: not set; allowed: the key model updates are signed with, or "
+                  "--insecure to publish an unsigned rollback", file=sys.stderr)
+            return 2
+        update = rollback(args.bootstrap, topology, key, args.to, insecure=args.insecure)
+        print(f"published v{update.version}: rollback to v{update.parent_version} ({update.artifact_format}, "
+              f"sha256 {update.artifact_sha256[:12]}) on {topology.models_topic}")
+        return 0
+    entries = read_updates(args.bootstrap, topology, key, insecure=key is None)
+    if args.action == "list":
+        if not entries:
+            print(f"no versions of {topology.model_name!r} on {topology.models_topic}")
+        for entry in entries:
+            print(entry.line())
+        return 0
+    if args.version is None:
+        print("error: V: missing; allowed: the version to show (see `ct-stream models list`)", file=sys.stderr)
+        return 2
+    found = [e for e in entries if e.update is not None and e.update.version == args.version]
+    if not found:
+        have = [e.update.version for e in entries if e.update is not None]
+        print(f"error: V: got {args.version}; allowed: a version on {topology.models_topic}: {have or 'none'}",
+              file=sys.stderr)
+        return 2
+    entry = found[-1]
+    shown = entry.update.to_dict()  # type: ignore[union-attr]
+    if shown["artifact"]["inline"] is not None:
+        shown["artifact"]["inline"] = f"<{len(entry.update.artifact_inline or b'')} bytes inline>"  # type: ignore[union-attr]
+    shown["verified"] = entry.problem is None and entry.signature_checked
+    if entry.problem is not None:
+        shown["problem"] = entry.problem
+    print(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ct-stream`` console script."""
     parser = _parser()
@@ -373,6 +449,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_run(args)
         if args.command == "serve":
             return _cmd_serve(args)
+        if args.command == "models":
+            return _cmd_models(args)
         return _cmd_broker(args)
     except CtStreamError as e:
         print(f"error: {e}", file=sys.stderr)
