@@ -174,6 +174,9 @@ class TrainerMetrics:
         self.gate = Counter("ct_trainer_gate_decisions_total",
                             "Gate decisions, by candidate (retrain, online) and decision (approve, reject).",
                             t + ["candidate", "decision"], registry=registry)
+        self.canary = Counter("ct_trainer_canary_decisions_total",
+                              "Canary analyses decided on live labels, by decision (promote, rollback).",
+                              t + ["decision"], registry=registry)
         self.champion = Gauge("ct_trainer_champion_version", "The version serving now (0: none yet).", t,
                               registry=registry)
         self.publish_seconds = Histogram("ct_trainer_publish_duration_seconds",

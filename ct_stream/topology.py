@@ -65,6 +65,7 @@ TimeoutPolicy = Literal["negative", "drop", "dlq"]
 ConceptDetector = Literal["adwin", "page_hinkley", "kswin", "none"]
 DataDriftMethod = Literal["psi", "ks", "none"]
 GateMetric = Literal["log_loss", "accuracy", "mae", "rmse"]
+Rollout = Literal["promote", "canary"]
 
 _DURATION_HELP = "a duration >= 0 (seconds, or a string like '30s', '5m', '2h', '7d')"
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -338,14 +339,23 @@ class PublishSpec(_Spec):
 
 @dataclass(frozen=True)
 class ServingSpec(_Spec):
-    """Serving-node policy: canary fraction, shadow scoring, automatic canary analysis."""
+    """Serving-node policy: canary fraction, shadow scoring, automatic canary analysis.
+
+    ``rollout``: ``promote`` (default) publishes an approved candidate as the new champion
+    at once; ``canary`` publishes it as a canary (served to ``canary_fraction`` of request
+    keys) once a champion exists, and the trainer promotes or rolls it back after
+    ``canary_min_labels`` labelled examples of its served predictions (docs/trainer.md).
+    Canary analysis needs serving nodes that log their predictions to the events topic.
+    """
 
     canary_fraction: float = 0.05
     shadow: bool = False
     canary_min_labels: int = 1_000
     log_predictions: bool = True
+    rollout: Rollout = "promote"
 
     def __post_init__(self) -> None:
+        _choice("serving.rollout", self.rollout, Rollout)
         _fraction("serving.canary_fraction", self.canary_fraction)
         _bool("serving.shadow", self.shadow)
         _positive_int("serving.canary_min_labels", self.canary_min_labels)

@@ -388,3 +388,67 @@ def test_examples_written_twice_are_learned_once(broker: Any, tmp_path: Path) ->
     finally:
         again.close()
     assert again.learned == 601 and again.duplicates == 200 + 1 + 100
+
+
+@pytest.mark.parametrize("canary_is_good", [False, True])
+def test_canary_is_promoted_or_rolled_back_on_live_labels(broker: Any, tmp_path: Path, canary_is_good: bool) -> None:
+    """With ``serving.rollout="canary"`` the trainer watches the served predictions of a
+    canary and its champion (examples carry ``served_version`` and ``prediction``, as
+    serving nodes log them): a canary that serves a flipped concept is rolled back, a
+    good one promoted, once both have ``canary_min_labels`` labelled examples."""
+    import hashlib
+
+    t = topology(broker.topic("canary"), tmp_path, serving={"rollout": "canary", "canary_min_labels": 300})
+
+    def trained(function: int, seed: int) -> Any:
+        learner = make_learner(t)
+        rows = list(itertools.islice(sine_stream(function, seed=seed), 3000))
+        learner.learn(examples_to_batch([{"id": str(i), "event_ts": 0.0, "label": y, "outcome": "joined",
+                                          "source_partition": 0, "source_offset": i, **x}
+                                         for i, (x, y) in enumerate(rows)], t.record_schema))
+        return learner
+
+    champion, canary = trained(0, 20), trained(0, 21) if canary_is_good else trained(1, 22)
+    from ct_stream.kafka.clients import TopicSpec, ensure_topics
+
+    ensure_topics(broker.bootstrap, [TopicSpec(t.models_topic, 1, 1, {"cleanup.policy": "compact"})])
+    publisher = ModelPublisher(broker.bootstrap, t.models_topic)
+    shas = {}
+    for version, learner, action in ((1, champion, "promote"), (2, canary, "canary")):
+        fmt, data = learner.artifact()
+        shas[version] = hashlib.sha256(data).hexdigest()
+        update = ModelUpdate(name=t.model_name, version=version, parent_version=1 if version == 2 else None,
+                             action=action, created_at=1.0, artifact_format=fmt, artifact_sha256=shas[version],
+                             artifact_inline=data)
+        publisher.publish(t.model_name.encode(), sign(update, KEY))
+    publisher.close()
+    registry = CollectorRegistry()
+    worker = TrainerWorker(t, broker.bootstrap, signing_key=KEY, registry=registry)
+    worker.setup()
+    assert worker.champion_version == 1 and worker.canary is not None and worker.canary.version == 2
+    # serving nodes' logged predictions, joined with their labels: half the keys on each version
+    live = list(itertools.islice(sine_stream(0, seed=23), 1000))
+    rows = []
+    for i, (x, y) in enumerate(live):
+        version, model = (2, canary) if i % 2 else (1, champion)
+        rows.append({"id": f"s{i}", "event_ts": 1.7e9 + i, "label_ts": 1.7e9 + i + 1, "label": y, "outcome": "joined",
+                     "served_version": version, "prediction": model.predict_one(x)[1][True],
+                     "source_partition": 0, "source_offset": i, **x})
+    producer = make_producer(broker.bootstrap)
+    for i in range(0, len(rows), 100):
+        produce_retrying(producer, t.examples_topic, encode_examples(examples_to_batch(rows[i:i + 100],
+                                                                                       t.record_schema)), partition=0)
+    producer.flush(30)
+    try:
+        run_until(worker, lambda: worker.champion_version == 3, 60, "the canary's outcome")
+    finally:
+        worker.close()
+    v3 = updates(broker.bootstrap, t)[-1]
+    decision = "promote" if canary_is_good else "rollback"
+    assert (v3.version, v3.action, v3.parent_version) == (3, decision, 1)
+    assert v3.artifact_sha256 == shas[2 if canary_is_good else 1]
+    assert v3.metrics["canary_analysis"]["decision"] == decision
+    assert v3.metrics["canary_analysis"]["canary_n"] >= 300 and v3.metrics["canary_analysis"]["champion_n"] >= 300
+    assert registry.get_sample_value("ct_trainer_canary_decisions_total",
+                                     {"topology": t.name, "decision": decision}) == 1
+    assert worker.canary is None

@@ -408,7 +408,8 @@ def check_successor(previous: ModelUpdate | None, new: ModelUpdate) -> None:
     ``new.parent_version`` is the current champion (:func:`champion_version` of
     ``previous``; ``None`` when there is no previous update); a ``rollback`` needs a
     previous update and names the restored version in ``parent_version``, which must be
-    older than the current champion.
+    older than the current champion, or the champion itself when ``previous`` is a
+    ``canary`` (rolling the canary back).
 
     >>> import dataclasses
     >>> a = ModelUpdate(name="m", version=1, parent_version=None, action="promote",
@@ -438,6 +439,10 @@ def check_successor(previous: ModelUpdate | None, new: ModelUpdate) -> None:
     if new.action in ("promote", "canary"):
         if new.parent_version != champion:
             raise RegistryError("parent_version", new.parent_version, f"{champion} (the champion)")
+    elif previous.action == "canary":  # ending a canary: back to the champion it ran beside (or older)
+        if new.parent_version is None or champion is None or new.parent_version > champion:
+            raise RegistryError("parent_version", new.parent_version,
+                                f"the restored version: the champion ({champion}) or older")
     elif new.parent_version is None or champion is None or new.parent_version >= champion:
         raise RegistryError("parent_version", new.parent_version,
                             f"the restored version, older than the champion ({champion})")

@@ -44,6 +44,7 @@ from typing import Any, Callable
 import numpy as np
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 from prometheus_client import CollectorRegistry
 
 from ct_stream import __version__
@@ -56,8 +57,8 @@ from ct_stream.learn.drift import ConceptDriftMonitor, DataDriftMonitor
 from ct_stream.learn.online import LearnStep, OnlineLearner, VersionMetrics, learner_from_artifact, make_learner
 from ct_stream.metrics import TrainerMetrics
 from ct_stream.records import decode_examples, example_schema
-from ct_stream.registry import (ModelUpdate, champion_version, check_successor, decode, encode_unsigned, sign,
-                                store_artifact, verify_with_artifact)
+from ct_stream.registry import (ModelUpdate, champion_version, check_successor, decode, encode_unsigned,
+                                path_from_uri, read_artifact_file, sign, store_artifact, verify_with_artifact)
 from ct_stream.runtime.checkpoint import write_atomic
 from ct_stream.runtime.smoke import dlq_headers
 from ct_stream.topology import Topology
@@ -179,6 +180,9 @@ class TrainerWorker:
         self.champion: OnlineLearner | None = None
         self.champion_version = 0
         self.latest: ModelUpdate | None = None
+        self.champion_update: ModelUpdate | None = None  # the update whose artifact the champion is
+        self.canary: ModelUpdate | None = None  # a canary in flight (rollout "canary")
+        self._canary_stats: dict[int, list[float]] = {}  # version -> [n, sum, sum of squares] of served losses
         self.last_version = 0
         self._last_checkpoint = clock()
         self._last_online_offer = clock()
@@ -284,6 +288,9 @@ class TrainerWorker:
             log.warning("champion v%d is not on the promotion topic any more (compacted); candidates are judged "
                         "on the guards only", cv)
             return
+        self.champion_update = source
+        if latest.action == "canary":
+            self._start_canary(latest)
         try:
             self.champion = learner_from_artifact(source.artifact_format, updates[source.version][1], self.t)
         except Exception as e:  # noqa: BLE001 - a champion we cannot load: every candidate faces no champion
@@ -383,6 +390,9 @@ class TrainerWorker:
         self.since_retrain += n
         self.metrics.child(self.metrics.learned).inc(n)
         self.served.update(table)
+        if self.canary is not None:
+            self._served_losses(table)
+            self._analyse_canary()
         first_row = self.learned - n  # the stream index of the table's first row
         if self.concept is not None:
             hits = self.concept.update(step.error)
@@ -546,26 +556,132 @@ class TrainerWorker:
                                           limit=t.publish.inline_max_bytes)
         metrics = {"holdout_mean_loss": report.challenger_mean_loss, "gate_metric": self.metric,
                    "examples_learned": self.learned, **_finite(self.learner.metrics())}
+        action = "canary" if t.serving.rollout == "canary" and self.champion_version else "promote"
         update = ModelUpdate(
             name=t.model_name, version=version,
-            parent_version=self.champion_version or None, action="promote", created_at=float(self.clock()),
+            parent_version=self.champion_version or None, action=action, created_at=float(self.clock()),
             artifact_format=fmt, artifact_sha256=sha, artifact_inline=inline, artifact_uri=uri,  # type: ignore[arg-type]
             metrics=metrics, gate_report=report.to_dict(),
             lineage={"examples_offsets": dict(offsets), "snapshot": snapshot},
             topology_hash=topology_hash(t), package_version=__version__)
-        check_successor(self.latest if self.latest is None or self.latest.name == t.model_name else None, update)
-        value = sign(update, self.key) if self.key is not None else encode_unsigned(update)
-        self.publisher.publish(t.model_name.encode(), value)
-        self.latest = update
-        self.last_version = version
-        self.champion = learner_from_artifact(fmt, data, t)
-        self.champion_version = version
-        if self.data_drift is not None:
-            self.data_drift.reset_reference()
-        self.metrics.child(self.metrics.champion).set(version)
+        self._send(update)
+        if action == "canary":
+            self._start_canary(update)
+        else:
+            self._new_champion(update, learner_from_artifact(fmt, data, t))
         self.metrics.child(self.metrics.publish_seconds).observe(time.perf_counter() - started)
-        log.warning("trainer %s: published v%d (parent %s, %s)", t.name, version, update.parent_version,
-                    "inline" if inline is not None else uri)
+        log.warning("trainer %s: published v%d (%s, parent %s, %s)", t.name, version, action,
+                    update.parent_version, "inline" if inline is not None else uri)
+        self.checkpoint()
+
+    def _send(self, update: ModelUpdate) -> None:
+        """Check the successor rules, sign, publish and wait for the broker's ack."""
+        assert self.publisher is not None
+        check_successor(self.latest, update)
+        value = sign(update, self.key) if self.key is not None else encode_unsigned(update)
+        self.publisher.publish(self.t.model_name.encode(), value)
+        self.latest = update
+        self.last_version = update.version
+
+    def _new_champion(self, update: ModelUpdate, model: OnlineLearner | None) -> None:
+        """``update`` (a promote, or a rollback carrying the restored artifact) serves now."""
+        self.champion_update = update
+        if model is not None:
+            self.champion = model
+        self.champion_version = update.version
+        self.canary = None
+        self._canary_stats = {}
+        if self.data_drift is not None and update.action == "promote":
+            self.data_drift.reset_reference()
+        self.metrics.child(self.metrics.champion).set(update.version)
+
+    # Canary analysis --------------------------------------------------------------------
+    def _start_canary(self, update: ModelUpdate) -> None:
+        self.canary = update
+        self._canary_stats = {update.version: [0.0, 0.0, 0.0], self.champion_version: [0.0, 0.0, 0.0]}
+
+    def _served_losses(self, table: pa.Table) -> None:
+        """Add the losses of the served predictions of the champion and the canary, on
+        examples of events since the canary was published (both served the same time
+        range; the examples of that range are as mature for both)."""
+        assert self.canary is not None
+        versions = table.column("served_version").to_numpy(zero_copy_only=False)
+        predictions = table.column("prediction")
+        recent = pc.greater_equal(table.column("event_ts"), self.canary.created_at).to_numpy(zero_copy_only=False)
+        labels = table.column("label")
+        for version, stats in self._canary_stats.items():
+            rows = np.flatnonzero(recent & (versions == version) & predictions.is_valid().to_numpy(zero_copy_only=False))
+            if rows.size == 0:
+                continue
+            y = labels.take(pa.array(rows)).to_numpy(zero_copy_only=False)
+            pred = predictions.take(pa.array(rows)).to_numpy(zero_copy_only=False)
+            if self.t.label_type == "binary":
+                p_true = np.clip(np.where(y.astype(bool), pred, 1.0 - pred), 1e-15, 1.0)
+                loss = -np.log(p_true)
+            elif self.t.label_type == "regression":
+                loss = np.abs(y.astype(np.float64) - pred.astype(np.float64))
+            else:
+                loss = (pred != y).astype(np.float64)
+            loss = loss[np.isfinite(loss)]
+            stats[0] += loss.size
+            stats[1] += float(loss.sum())
+            stats[2] += float((loss * loss).sum())
+
+    def _analyse_canary(self) -> None:
+        """Promote or roll back the canary once both versions have ``serving.canary_min_labels``
+        labelled served predictions: rolled back when its mean loss is worse than the
+        champion's with a one-sided Welch z-test at ``gate.alpha``, promoted otherwise."""
+        assert self.canary is not None
+        need = self.t.serving.canary_min_labels
+        canary, champion = self._canary_stats[self.canary.version], self._canary_stats[self.champion_version]
+        if canary[0] < need or champion[0] < need:
+            return
+
+        def mean_var(st: list[float]) -> tuple[float, float]:
+            n, total, sq = st
+            mean = total / n
+            return mean, max(0.0, (sq - n * mean * mean) / max(1.0, n - 1.0))
+
+        (m_c, v_c), (m_ch, v_ch) = mean_var(canary), mean_var(champion)
+        se = math.sqrt(v_c / canary[0] + v_ch / champion[0])
+        z = (m_c - m_ch) / se if se > 0 else (math.inf if m_c > m_ch else 0.0)
+        p_worse = 0.5 * math.erfc(z / math.sqrt(2.0))  # P(Z >= z) under "the canary is no worse"
+        worse = p_worse < self.t.gate.alpha
+        analysis = {"canary_version": self.canary.version, "champion_version": self.champion_version,
+                    "canary_mean_loss": m_c, "champion_mean_loss": m_ch, "canary_n": int(canary[0]),
+                    "champion_n": int(champion[0]), "z": z if math.isfinite(z) else None, "p_value": p_worse,
+                    "decision": "rollback" if worse else "promote"}
+        self._finish_canary(worse, analysis)
+
+    def _finish_canary(self, worse: bool, analysis: dict[str, Any]) -> None:
+        """Publish the canary analysis' outcome: a promote carrying the canary's artifact,
+        or a rollback carrying the champion's."""
+        canary, keep = self.canary, self.champion_update
+        assert canary is not None and keep is not None
+        source = keep if worse else canary
+        update = ModelUpdate(
+            name=self.t.model_name, version=self.last_version + 1, parent_version=self.champion_version,
+            action="rollback" if worse else "promote", created_at=float(self.clock()),
+            artifact_format=source.artifact_format, artifact_sha256=source.artifact_sha256,
+            artifact_inline=source.artifact_inline, artifact_uri=source.artifact_uri,
+            metrics={**source.metrics, "canary_analysis": _finite(analysis)}, gate_report=source.gate_report,
+            lineage=source.lineage, topology_hash=source.topology_hash, package_version=source.package_version)
+        self._send(update)
+        model = None
+        if not worse:
+            try:
+                data = canary.artifact_inline
+                if data is None:
+                    data = read_artifact_file(path_from_uri(canary.artifact_uri))  # type: ignore[arg-type]
+                model = learner_from_artifact(canary.artifact_format, data, self.t)
+            except Exception as e:  # noqa: BLE001 - the version is promoted; only our copy of it failed
+                log.warning("promoted canary v%d could not be loaded here (%s)", canary.version, e)
+        self._new_champion(update, model)
+        self.metrics.child(self.metrics.canary, analysis["decision"]).inc()
+        log.warning("trainer %s: canary v%d %s as v%d: mean served loss %.4f (n=%d) against the champion's "
+                    "%.4f (n=%d), p=%.3g", self.t.name, canary.version,
+                    "rolled back" if worse else "promoted", update.version, analysis["canary_mean_loss"],
+                    analysis["canary_n"], analysis["champion_mean_loss"], analysis["champion_n"], analysis["p_value"])
         self.checkpoint()
 
     # Checkpoint and metrics ---------------------------------------------------------------
