@@ -1,0 +1,1 @@
+"""Integrations with other stream-processing frameworks (optional extras)."""
