@@ -657,7 +657,13 @@ class TrainerWorker:
         """Publish the canary analysis' outcome: a promote carrying the canary's artifact,
         or a rollback carrying the champion's."""
         canary, keep = self.canary, self.champion_update
-        assert canary is not None and keep is not None
+        assert canary is not None
+        if keep is None and worse:  # the champion's update was compacted away: nothing to roll back to
+            log.error("trainer %s: canary v%d is worse than champion v%d, whose artifact is no longer on %s: "
+                      "roll back by hand (ct-stream models rollback)", self.t.name, canary.version,
+                      self.champion_version, self.t.models_topic)
+            self.canary, self._canary_stats = None, {}
+            return
         source = keep if worse else canary
         update = ModelUpdate(
             name=self.t.model_name, version=self.last_version + 1, parent_version=self.champion_version,
