@@ -183,6 +183,28 @@ def _bootstrap_arg(p: argparse.ArgumentParser, text: str) -> None:
                    help=f"{text} (default: $CT_STREAM_BOOTSTRAP)")
 
 
+def _bootstrap_missing(args: argparse.Namespace) -> bool:
+    """Say so (and return True) when no Kafka cluster was given."""
+    if args.bootstrap:
+        return False
+    print("error: --bootstrap: missing; allowed: HOST:PORT of a Kafka cluster (or set CT_STREAM_BOOTSTRAP; "
+          "`ct-stream broker` starts a local one)", file=sys.stderr)
+    return True
+
+
+def _signing_key() -> bytes | None:
+    """The HMAC key of model updates, from ``CT_STREAM_SIGNING_KEY`` (None when unset)."""
+    value = os.environ.get("CT_STREAM_SIGNING_KEY")
+    return value.encode() if value else None
+
+
+def _refuse_unsigned(alternative: str) -> int:
+    """Exit code 2, saying the signing key is missing and what ``alternative`` there is."""
+    print("error: CT_STREAM_SIGNING_KEY: not set; allowed: the HMAC key model updates are signed with (the "
+          f"trainer signs, serving nodes verify with the same key), or {alternative}", file=sys.stderr)
+    return 2
+
+
 def _cache_dir() -> Path | None:
     value = os.environ.get("CT_STREAM_CACHE_DIR")
     return Path(value) if value else None
@@ -290,9 +312,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from ct_stream.topology import load_topology
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not args.bootstrap:
-        print("error: --bootstrap: missing; allowed: HOST:PORT of a Kafka cluster (or set CT_STREAM_BOOTSTRAP; "
-              "`ct-stream broker` starts a local one)", file=sys.stderr)
+    if _bootstrap_missing(args):
         return 2
     topology = load_topology(args.topology)
     registry = CollectorRegistry()
@@ -313,13 +333,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.role in ("trainer", "all"):
         from ct_stream.runtime.trainer import TrainerWorker
 
-        key = os.environ.get("CT_STREAM_SIGNING_KEY") or None
+        key = _signing_key()
         if key is None and not args.insecure:
-            print("error: CT_STREAM_SIGNING_KEY: not set; allowed: the HMAC key model updates are signed with "
-                  "(serving nodes verify with the same key), or --insecure to publish unsigned updates",
-                  file=sys.stderr)
-            return 2
-        trainer = TrainerWorker(topology, args.bootstrap, signing_key=key.encode() if key else None,
+            return _refuse_unsigned("--insecure to publish unsigned updates")
+        trainer = TrainerWorker(topology, args.bootstrap, signing_key=key,
                                 insecure=args.insecure, registry=registry, data_dir=args.data_dir,
                                 checkpoint_interval=args.checkpoint_interval)
         trainer.setup()
@@ -348,18 +365,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from ct_stream.topology import load_topology
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not args.bootstrap:
-        print("error: --bootstrap: missing; allowed: HOST:PORT of a Kafka cluster (or set CT_STREAM_BOOTSTRAP; "
-              "`ct-stream broker` starts a local one)", file=sys.stderr)
+    if _bootstrap_missing(args):
         return 2
     if not 0 <= args.port <= 65535:
         print(f"error: --port: got {args.port}; allowed: 0..65535 (0: a free port)", file=sys.stderr)
         return 2
-    key = os.environ.get("CT_STREAM_SIGNING_KEY") or None
+    key = _signing_key()
     if key is None and not args.insecure:
-        print("error: CT_STREAM_SIGNING_KEY: not set; allowed: the HMAC key the trainer signs model updates with, "
-              "or --insecure to accept unsigned updates (development only)", file=sys.stderr)
-        return 2
+        return _refuse_unsigned("--insecure to accept unsigned updates (development only)")
     topology = load_topology(args.topology)
 
     def interrupted(*_: object) -> None:
@@ -373,7 +386,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
               flush=True)
 
     try:
-        serve(topology, args.bootstrap, host=args.host, port=args.port, signing_key=key.encode() if key else None,
+        serve(topology, args.bootstrap, host=args.host, port=args.port, signing_key=key,
               insecure=args.insecure, log_predictions=args.log_predictions, on_listening=listening)
     except KeyboardInterrupt:
         pass
@@ -386,12 +399,9 @@ def _cmd_models(args: argparse.Namespace) -> int:
     from ct_stream.runtime.models import read_updates, rollback
     from ct_stream.topology import load_topology
 
-    if not args.bootstrap:
-        print("error: --bootstrap: missing; allowed: HOST:PORT of a Kafka cluster (or set CT_STREAM_BOOTSTRAP)",
-              file=sys.stderr)
+    if _bootstrap_missing(args):
         return 2
-    key_text = os.environ.get("CT_STREAM_SIGNING_KEY") or None
-    key = key_text.encode() if key_text else None
+    key = _signing_key()
     topology = load_topology(args.topology)
     if args.action == "rollback":
         if args.to is None:
@@ -399,9 +409,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return 2
         if key is None and not args.insecure:
-            print("error: CT_STREAM_SIGNING_KEY: not set; allowed: the key model updates are signed with, or "
-                  "--insecure to publish an unsigned rollback", file=sys.stderr)
-            return 2
+            return _refuse_unsigned("--insecure to publish an unsigned rollback")
         update = rollback(args.bootstrap, topology, key, args.to, insecure=args.insecure)
         print(f"published v{update.version}: rollback to v{update.parent_version} ({update.artifact_format}, "
               f"sha256 {update.artifact_sha256[:12]}) on {topology.models_topic}")

@@ -75,11 +75,23 @@ class BulkHistogram:
         return [HistogramMetricFamily(self.name, self.documentation, labels=list(self._labels))]
 
 
-class JoinerMetrics:
-    """The joiner's metrics. Every metric carries the ``topology`` label (its name)."""
+class _TopologyMetrics:
+    """A worker's metrics on an injected registry; every metric carries the ``topology`` label."""
 
     def __init__(self, registry: CollectorRegistry, topology: str) -> None:
         self.registry = registry
+        self.topology = topology
+
+    def child(self, metric: Counter | Gauge | Histogram, *labels: str) -> Counter | Gauge | Histogram:
+        """``metric`` with this worker's topology label and ``labels``."""
+        return metric.labels(self.topology, *labels)
+
+
+class JoinerMetrics(_TopologyMetrics):
+    """The joiner's metrics. Every metric carries the ``topology`` label (its name)."""
+
+    def __init__(self, registry: CollectorRegistry, topology: str) -> None:
+        super().__init__(registry, topology)
         t = ["topology"]
         self.records = Counter("ct_joiner_records_consumed_total", "Records consumed, by input kind (event, label).",
                                t + ["kind"], registry=registry)
@@ -122,18 +134,14 @@ class JoinerMetrics:
                             "for the other topic.", t, registry=registry)
         self.assigned = Gauge("ct_joiner_assigned_partitions", "Input partitions this worker owns.", t,
                               registry=registry)
-        self.topology = topology
 
-    def child(self, metric: Counter | Gauge | Histogram, *labels: str) -> Counter | Gauge | Histogram:
-        """``metric`` with this worker's topology label and ``labels``."""
-        return metric.labels(self.topology, *labels)
 
 
 _RETRAIN_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 _PUBLISH_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
-class TrainerMetrics:
+class TrainerMetrics(_TopologyMetrics):
     """The trainer's metrics. Every metric carries the ``topology`` label (its name).
 
     >>> m = TrainerMetrics(CollectorRegistry(), topology="demo")
@@ -143,8 +151,7 @@ class TrainerMetrics:
     """
 
     def __init__(self, registry: CollectorRegistry, topology: str) -> None:
-        self.registry = registry
-        self.topology = topology
+        super().__init__(registry, topology)
         t = ["topology"]
         self.learned = Counter("ct_trainer_examples_learned_total",
                                "Examples the online model has learned (test-then-train).", t, registry=registry)
@@ -188,9 +195,6 @@ class TrainerMetrics:
         self.lag = Gauge("ct_trainer_consumer_lag_records", "Examples-topic records not read yet.", t,
                          registry=registry)
 
-    def child(self, metric: Counter | Gauge | Histogram, *labels: str) -> Counter | Gauge | Histogram:
-        """``metric`` with this worker's topology label and ``labels``."""
-        return metric.labels(self.topology, *labels)
 
 
 def serve_metrics(registry: CollectorRegistry, port: int, host: str = "127.0.0.1") -> int:
@@ -206,7 +210,7 @@ _PREDICT_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01
 _UPDATE_LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 6 * 3600, 86400)
 
 
-class ServingMetrics:
+class ServingMetrics(_TopologyMetrics):
     """A serving node's metrics (:class:`ct_stream.serving.ModelSubscriber`). Every metric
     carries the ``topology`` label (its name).
 
@@ -218,8 +222,7 @@ class ServingMetrics:
     """
 
     def __init__(self, registry: CollectorRegistry, topology: str) -> None:
-        self.registry = registry
-        self.topology = topology
+        super().__init__(registry, topology)
         t = ["topology"]
         self.predictions = Counter("ct_serving_predictions_total",
                                    "Predictions made, by model version and route (champion, canary; shadow: "
@@ -245,6 +248,3 @@ class ServingMetrics:
                                             "Shadow-scored requests where the canary's value differed from "
                                             "the champion's.", t, registry=registry)
 
-    def child(self, metric: Counter | Gauge | Histogram, *labels: str) -> Counter | Gauge | Histogram:
-        """``metric`` with this node's topology label and ``labels``."""
-        return metric.labels(self.topology, *labels)

@@ -40,9 +40,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ct_stream.kafka.broker import EmbeddedBroker  # noqa: E402
 from ct_stream.kafka.clients import (DeliveryTracker, TopicSpec, ensure_topics, make_producer,  # noqa: E402
                                     produce_retrying)
-from ct_stream.records import Event, Label, encode_event, encode_examples, encode_label, examples_to_batch  # noqa: E402
+from ct_stream.records import encode_examples, examples_to_batch  # noqa: E402
 from ct_stream.runtime import tune_gc  # noqa: E402
 from ct_stream.runtime.joiner import JoinerWorker  # noqa: E402
+from ct_stream.runtime.pipeline import end_of_input  # noqa: E402
 from ct_stream.runtime.trainer import TrainerWorker  # noqa: E402
 from ct_stream.synthetic import generate  # noqa: E402
 from ct_stream.topology import Topology  # noqa: E402
@@ -86,14 +87,8 @@ def full_loop(bootstrap: str, n: int, data_dir: str) -> tuple[int, float]:
     producer = make_producer(bootstrap)
     for kind, key, value in data.in_time_order():
         produce_retrying(producer, t.events_topic if kind == "event" else t.labels_topic, value, key)
-    end_ts = 1_700_000_000.0 + n / 5000 + 86_400.0
-    for p in range(t.partitions):
-        sid = f"end-of-input-{p}"
-        produce_retrying(producer, t.events_topic, encode_event(Event(sid, end_ts, {f: 0.0 for f in FEATURES}),
-                                                                t.record_schema), sid.encode(), partition=p)
-        produce_retrying(producer, t.labels_topic, encode_label(Label(sid, end_ts, False), t.record_schema),
-                         sid.encode(), partition=p)
     assert producer.flush(120) == 0
+    end_of_input(t, bootstrap, 1_700_000_000.0 + n / 5000 + 86_400.0)
     expected = len(data.events) + t.partitions
     joiner = JoinerWorker(t, bootstrap, mode="at_least_once")
     joiner.setup()

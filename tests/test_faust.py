@@ -19,12 +19,9 @@ from confluent_kafka import TopicPartition
 
 from ct_stream.kafka.clients import TopicSpec, ensure_topics, make_consumer, make_producer
 from ct_stream.kafka.trainer_io import ModelPublisher
-from ct_stream.learn.online import make_learner
-from ct_stream.records import examples_to_batch
 from ct_stream.registry import ModelUpdate, sign
 from ct_stream.topology import load_topology
-from tests.helpers import wait_for
-from tests.test_trainer import sine_stream
+from tests.helpers import trained, wait_for
 
 pytestmark = pytest.mark.apache
 
@@ -73,12 +70,7 @@ def test_faust_agent_serves_the_newly_published_version(apache_kafka: Any, tmp_p
     """))
 
     def publish(version: int, function: int) -> None:
-        learner = make_learner(t)
-        rows = list(itertools.islice(sine_stream(function, seed=version), 1000))
-        learner.learn(examples_to_batch([{"id": str(i), "event_ts": 0.0, "label": y, "outcome": "joined",
-                                          "source_partition": 0, "source_offset": i, **x}
-                                         for i, (x, y) in enumerate(rows)], t.record_schema))
-        fmt, data = learner.artifact()
+        fmt, data = trained(t, function, version, n=1000).artifact()
         update = ModelUpdate(name=t.model_name, version=version, parent_version=version - 1 or None,
                              action="promote", created_at=1.0, artifact_format=fmt,
                              artifact_sha256=hashlib.sha256(data).hexdigest(), artifact_inline=data)

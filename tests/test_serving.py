@@ -16,10 +16,9 @@ from ct_stream.errors import LearnError, ServingError
 from ct_stream.kafka.clients import TopicSpec, ensure_topics
 from ct_stream.kafka.trainer_io import ModelPublisher
 from ct_stream.learn.online import OnlineLearner, make_learner
-from ct_stream.records import examples_to_batch
 from ct_stream.registry import ModelUpdate, encode_unsigned, sign, store_artifact
 from ct_stream.serving import ModelSubscriber, Prediction, canary_point, route_for
-from tests.helpers import wait_for
+from tests.helpers import batch_of, trained, wait_for
 
 KEY = b"test-signing-key"
 PROBE = [{"x0": float(a), "x1": float(b)} for a, b in itertools.product(np.linspace(0, 1, 5), repeat=2)]
@@ -28,31 +27,11 @@ PROBE = [{"x0": float(a), "x1": float(b)} for a, b in itertools.product(np.linsp
 # ------------------------------------------------------------------ helpers
 
 
-def sine_rows(function: int, seed: int, n: int) -> list[tuple[dict[str, float], bool]]:
-    """River's Sine generator; function 1 is function 0 with every label flipped."""
-    from river.datasets import synth
-
-    return [({"x0": x[0], "x1": x[1]}, bool(y))
-            for x, y in itertools.islice(synth.Sine(classification_function=function, seed=seed), n)]
-
-
 def topology(name: str, **serving: Any) -> Any:
     from ct_stream.topology import Topology
 
     return Topology(name=name, events_topic=f"{name}.events", labels_topic=f"{name}.labels",
                     features={"x0": "float", "x1": "float"}, label_type="binary", serving=serving)
-
-
-def batch_of(t: Any, rows: list[tuple[dict[str, Any], Any]]) -> Any:
-    return examples_to_batch([{"id": str(i), "event_ts": float(i), "label": y, "outcome": "joined",
-                               "source_partition": 0, "source_offset": i, **x}
-                              for i, (x, y) in enumerate(rows)], t.record_schema)
-
-
-def trained(t: Any, function: int, seed: int, n: int = 2000) -> OnlineLearner:
-    learner = make_learner(t)
-    learner.learn(batch_of(t, sine_rows(function, seed, n)))
-    return learner
 
 
 class Models:

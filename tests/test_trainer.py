@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import itertools
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -19,16 +18,9 @@ from ct_stream.records import encode_examples, examples_to_batch
 from ct_stream.registry import ModelUpdate, sign, store_artifact, verify, verify_with_artifact
 from ct_stream.runtime.trainer import TrainerWorker
 from ct_stream.topology import Topology
+from tests.helpers import batch_of, sine_rows, trained
 
 KEY = b"test-signing-key"
-
-
-def sine_stream(function: int, seed: int) -> Iterator[tuple[dict[str, float], bool]]:
-    """River's Sine generator; function 1 is function 0 with every label flipped."""
-    from river.datasets import synth
-
-    for x, y in synth.Sine(classification_function=function, seed=seed):
-        yield {"x0": x[0], "x1": x[1]}, bool(y)
 
 
 def topology(name: str, tmp_path: Path, **sections: Any) -> Topology:
@@ -85,10 +77,7 @@ def updates(bootstrap: str, t: Topology) -> list[ModelUpdate]:
 def accuracy(update_value: bytes, t: Topology, rows: list[tuple[dict[str, float], bool]]) -> float:
     update, data = verify_with_artifact(update_value, KEY)
     model = learner_from_artifact(update.artifact_format, data, t)
-    batch = examples_to_batch([{"id": str(i), "event_ts": 0.0, "label": y, "outcome": "joined",
-                                "source_partition": 0, "source_offset": i, **x}
-                               for i, (x, y) in enumerate(rows)], t.record_schema)
-    p = model.predictions(batch)
+    p = model.predictions(batch_of(t, rows))
     return float(np.mean((p > 0.5) == np.array([y for _, y in rows])))
 
 
@@ -103,9 +92,9 @@ def test_drift_triggers_a_retrain_whose_promoted_version_recovers(broker: Any, t
     change point, a retrain on the rows since the detection is gated against the
     pre-drift champion and promoted, and it predicts the new concept better."""
     t = topology(broker.topic("drift"), tmp_path, retrain={"every_examples": 3000})
-    before = list(itertools.islice(sine_stream(0, seed=1), 4000))
-    after = list(itertools.islice(sine_stream(1, seed=2), 5000))
-    fresh_after = list(itertools.islice(sine_stream(1, seed=3), 2000))
+    before = sine_rows(0, 1, 4000)
+    after = sine_rows(1, 2, 5000)
+    fresh_after = sine_rows(1, 3, 2000)
     registry = CollectorRegistry()
     worker = TrainerWorker(t, broker.bootstrap, signing_key=KEY, registry=registry)
     worker.setup()
@@ -143,11 +132,7 @@ def test_a_worse_candidate_is_rejected_and_the_champion_stays(broker: Any, tmp_p
     only the ~900 rows it has seen, which is not better: the gate rejects it and nothing is
     published."""
     t = topology(broker.topic("worse"), tmp_path, retrain={"every_examples": 1500})
-    good = make_learner(t)
-    train = list(itertools.islice(sine_stream(0, seed=5), 20_000))
-    good.learn(examples_to_batch([{"id": str(i), "event_ts": 0.0, "label": y, "outcome": "joined",
-                                   "source_partition": 0, "source_offset": i, **x}
-                                  for i, (x, y) in enumerate(train)], t.record_schema))
+    good = trained(t, 0, 5, n=20_000)
     fmt, data = good.artifact()
     inline, uri, sha = store_artifact(data, tmp_path / "a", t.model_name, 1)
     v1 = ModelUpdate(name=t.model_name, version=1, parent_version=None, action="promote", created_at=1.0,
@@ -163,7 +148,7 @@ def test_a_worse_candidate_is_rejected_and_the_champion_stays(broker: Any, tmp_p
     worker.setup()
     assert worker.champion_version == 1
     try:
-        produce_examples(broker.bootstrap, t, list(itertools.islice(sine_stream(0, seed=6), 1600)))
+        produce_examples(broker.bootstrap, t, sine_rows(0, 6, 1600))
         run_until(worker, lambda: registry.get_sample_value(
             "ct_trainer_gate_decisions_total", {"topology": t.name, "candidate": "retrain", "decision": "reject"}),
             120, "the gate's decision on the retrained candidate")
@@ -188,7 +173,7 @@ def test_published_updates_verify_and_tampering_is_detected(broker: Any, tmp_pat
     worker = TrainerWorker(t, broker.bootstrap, signing_key=KEY)
     worker.setup()
     try:
-        messages = produce_examples(broker.bootstrap, t, list(itertools.islice(sine_stream(0, seed=7), 1000)))
+        messages = produce_examples(broker.bootstrap, t, sine_rows(0, 7, 1000))
         run_until(worker, lambda: worker.learned == 1000 and worker.champion_version >= 1, 60, "v1")
     finally:
         worker.close()
@@ -212,7 +197,7 @@ def test_undecodable_examples_go_to_the_dlq_and_learning_goes_on(broker: Any, tm
         producer = make_producer(broker.bootstrap)
         produce_retrying(producer, t.examples_topic, b"not arrow", partition=0)
         producer.flush(30)
-        produce_examples(broker.bootstrap, t, list(itertools.islice(sine_stream(0, seed=8), 400)))
+        produce_examples(broker.bootstrap, t, sine_rows(0, 8, 400))
         run_until(worker, lambda: worker.learned == 400, 60, "400 examples learned")
         worker.checkpoint()
     finally:
@@ -225,7 +210,7 @@ def test_restart_resumes_from_the_checkpoint(broker: Any, tmp_path: Path) -> Non
     """A worker that stops after a checkpoint and a new one on the same data dir learn every
     example exactly once, and the restored model continues where the first left off."""
     t = topology(broker.topic("resume"), tmp_path)
-    rows = list(itertools.islice(sine_stream(0, seed=9), 2000))
+    rows = sine_rows(0, 9, 2000)
     first = TrainerWorker(t, broker.bootstrap, signing_key=KEY)
     first.setup()
     produce_examples(broker.bootstrap, t, rows[:1000], partition=0)  # one partition: one order
@@ -242,9 +227,7 @@ def test_restart_resumes_from_the_checkpoint(broker: Any, tmp_path: Path) -> Non
         second.close()
     reference = make_learner(t)
     for i in range(0, 2000, 200):
-        reference.learn(examples_to_batch([
-            {"id": f"e{i + j}", "event_ts": 0.0, "label": y, "outcome": "joined", "source_partition": 0,
-             "source_offset": i + j, **x} for j, (x, y) in enumerate(rows[i:i + 200])], t.record_schema))
+        reference.learn(batch_of(t, rows[i:i + 200]))
     assert second.learner.metrics()["n"] == pytest.approx(reference.metrics()["n"])
     assert second.learner.metrics()["log_loss"] == pytest.approx(reference.metrics()["log_loss"], rel=1e-9)
 
@@ -350,7 +333,7 @@ def test_versions_continue_after_updates_this_trainer_cannot_verify(broker: Any,
     worker.setup()
     assert worker.champion_version == 0 and worker.last_version == 5
     try:
-        produce_examples(broker.bootstrap, t, list(itertools.islice(sine_stream(0, seed=12), 600)))
+        produce_examples(broker.bootstrap, t, sine_rows(0, 12, 600))
         run_until(worker, lambda: worker.champion_version == 6, 60, "the first own version")
     finally:
         worker.close()
@@ -363,7 +346,7 @@ def test_examples_written_twice_are_learned_once(broker: Any, tmp_path: Path) ->
     drops the repeated ids (a correction is not a repeat of its expired example) and
     counts them, across a restart too."""
     t = topology(broker.topic("dupes"), tmp_path)
-    rows = list(itertools.islice(sine_stream(0, seed=13), 600))
+    rows = sine_rows(0, 13, 600)
     registry = CollectorRegistry()
     worker = TrainerWorker(t, broker.bootstrap, signing_key=KEY, registry=registry)
     worker.setup()
@@ -400,15 +383,8 @@ def test_canary_is_promoted_or_rolled_back_on_live_labels(broker: Any, tmp_path:
 
     t = topology(broker.topic("canary"), tmp_path, serving={"rollout": "canary", "canary_min_labels": 300})
 
-    def trained(function: int, seed: int) -> Any:
-        learner = make_learner(t)
-        rows = list(itertools.islice(sine_stream(function, seed=seed), 3000))
-        learner.learn(examples_to_batch([{"id": str(i), "event_ts": 0.0, "label": y, "outcome": "joined",
-                                          "source_partition": 0, "source_offset": i, **x}
-                                         for i, (x, y) in enumerate(rows)], t.record_schema))
-        return learner
-
-    champion, canary = trained(0, 20), trained(0, 21) if canary_is_good else trained(1, 22)
+    champion = trained(t, 0, 20, n=3000)
+    canary = trained(t, 0, 21, n=3000) if canary_is_good else trained(t, 1, 22, n=3000)
     from ct_stream.kafka.clients import TopicSpec, ensure_topics
 
     ensure_topics(broker.bootstrap, [TopicSpec(t.models_topic, 1, 1, {"cleanup.policy": "compact"})])
@@ -427,7 +403,7 @@ def test_canary_is_promoted_or_rolled_back_on_live_labels(broker: Any, tmp_path:
     worker.setup()
     assert worker.champion_version == 1 and worker.canary is not None and worker.canary.version == 2
     # serving nodes' logged predictions, joined with their labels: half the keys on each version
-    live = list(itertools.islice(sine_stream(0, seed=23), 1000))
+    live = sine_rows(0, 23, 1000)
     rows = []
     for i, (x, y) in enumerate(live):
         version, model = (2, canary) if i % 2 else (1, champion)

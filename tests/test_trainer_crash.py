@@ -3,7 +3,6 @@ strictly increasing, every published update verifies."""
 
 from __future__ import annotations
 
-import itertools
 import os
 import pickle
 import random
@@ -20,8 +19,8 @@ import pytest
 from ct_stream.kafka.trainer_io import read_topic
 from ct_stream.registry import verify_with_artifact
 from ct_stream.topology import load_topology
-from tests.helpers import wait_for
-from tests.test_trainer import produce_examples, sine_stream
+from tests.helpers import sine_rows, wait_for
+from tests.test_trainer import produce_examples
 
 pytestmark = pytest.mark.apache
 
@@ -73,7 +72,7 @@ def test_trainer_killed_with_sigkill_learns_every_example_once(apache_kafka, tmp
     topology = load_topology(path)
     checkpoint = tmp_path / "data" / f"{name}.trainer" / "checkpoint.bin"
     bootstrap = apache_kafka.bootstrap
-    rows = list(itertools.islice(sine_stream(0, seed=11), 60_000))
+    rows = sine_rows(0, 11, 60_000)
     produced, stop = threading.Event(), threading.Event()
 
     def feed() -> None:  # about 2000 examples/s, so that the kills fall within the run

@@ -11,13 +11,13 @@ restores an older version's artifact (it must still be on the topic, or in its
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ct_stream.errors import RegistryError, VerificationError
 from ct_stream.kafka.trainer_io import ModelPublisher, read_topic
 from ct_stream.registry import (ModelUpdate, champion_version, check_successor, decode, encode_unsigned, sign,
-                                verify)
+                                verify_with_artifact)
 from ct_stream.topology import Topology
 
 __all__ = ["Entry", "read_updates", "rollback"]
@@ -32,6 +32,7 @@ class Entry:
     update: ModelUpdate | None
     problem: str | None
     signature_checked: bool = True
+    artifact: bytes | None = field(default=None, repr=False)  # the verified artifact's bytes
 
     def line(self) -> str:
         """One line for ``ct-stream models list``."""
@@ -56,9 +57,11 @@ class Entry:
 def read_updates(bootstrap: str, topology: Topology, key: bytes | None, insecure: bool = False) -> list[Entry]:
     """Every message of the topology's model on ``<name>.models`` now, in offset order.
 
-    With ``key``, each is verified (sha256 and HMAC). Without one, ``insecure`` checks the
-    artifact hashes only (``signature_checked=False``); otherwise every message is
-    reported as not verified."""
+    With ``key``, each is verified (sha256 and HMAC) and a verified entry carries its
+    artifact's bytes. Without one, ``insecure`` checks the artifact hashes only
+    (``signature_checked=False``); otherwise every message is reported as not verified. A
+    message that does not verify still has its ``update`` when it is well-formed (its
+    version counts for the next one)."""
     out = []
     for k, value, _, offset in read_topic(bootstrap, topology.models_topic, topology.kafka):
         if k != topology.model_name.encode() or value is None:
@@ -66,7 +69,8 @@ def read_updates(bootstrap: str, topology: Topology, key: bytes | None, insecure
         try:
             if key is None and not insecure:
                 raise VerificationError("unsigned", "no key to verify signatures with")
-            out.append(Entry(offset, verify(value, key, insecure=insecure), None, signature_checked=key is not None))
+            update, data = verify_with_artifact(value, key, insecure=insecure)
+            out.append(Entry(offset, update, None, signature_checked=key is not None, artifact=data))
         except (VerificationError, RegistryError) as e:
             try:
                 update: ModelUpdate | None = decode(value)[0]

@@ -20,10 +20,9 @@ from typing import Any, Callable
 
 from ct_stream.errors import CtStreamError
 from ct_stream.kafka.clients import DeliveryTracker, make_producer, produce_retrying
-from ct_stream.kafka.trainer_io import read_topic
 from ct_stream.records import Event, Label, encode_event, encode_label
-from ct_stream.registry import verify
 from ct_stream.runtime.joiner import JoinerWorker
+from ct_stream.runtime.models import read_updates
 from ct_stream.runtime.trainer import TrainerWorker
 from ct_stream.topology import Topology
 
@@ -125,13 +124,10 @@ def run_pipeline(topology: Topology, bootstrap: str, *, signing_key: bytes, data
     finally:
         joiner.close()
         trainer.close()
-    for key, value, _, offset in read_topic(bootstrap, topology.models_topic, topology.kafka):
-        if key != topology.model_name.encode() or value is None:
-            continue
-        try:
-            u = verify(value, signing_key)
-        except CtStreamError as e:
-            report.published.append(f"offset {offset}: does not verify with this run's key: {e}")
+    for entry in read_updates(bootstrap, topology, signing_key):
+        u = entry.update
+        if entry.problem is not None or u is None:
+            report.published.append(f"offset {entry.offset}: does not verify with this run's key: {entry.problem}")
             continue
         report.published.append(f"v{u.version} ({u.action}, {u.artifact_format}, "
                                 f"{'inline' if u.artifact_inline is not None else u.artifact_uri}; signature and "

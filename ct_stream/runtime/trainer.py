@@ -38,6 +38,7 @@ import sys
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -48,21 +49,22 @@ import pyarrow.compute as pc
 from prometheus_client import CollectorRegistry
 
 from ct_stream import __version__
-from ct_stream.errors import BrokerError, CodecError, LearnError, RegistryError, TrainerError, VerificationError
+from ct_stream.errors import CodecError, LearnError, TrainerError
 from ct_stream.gate import GateConfig, GateReport, evaluate
 from ct_stream.kafka._process import spawn_guarded, stop_group
 from ct_stream.kafka.clients import TopicSpec, ensure_topics
-from ct_stream.kafka.trainer_io import ExampleReader, ModelPublisher, read_topic
+from ct_stream.kafka.trainer_io import ExampleReader, ModelPublisher
 from ct_stream.learn.drift import ConceptDriftMonitor, DataDriftMonitor
 from ct_stream.learn.online import LearnStep, OnlineLearner, VersionMetrics, learner_from_artifact, make_learner
 from ct_stream.metrics import TrainerMetrics
 from ct_stream.records import decode_examples, example_schema
-from ct_stream.registry import (ModelUpdate, champion_version, check_successor, decode, encode_unsigned,
-                                path_from_uri, read_artifact_file, sign, store_artifact, verify_with_artifact)
+from ct_stream.registry import (ModelUpdate, champion_version, check_successor, encode_unsigned, path_from_uri,
+                                read_artifact_file, sign, store_artifact)
 from ct_stream.runtime.checkpoint import write_atomic
+from ct_stream.runtime.models import read_updates
 from ct_stream.runtime.smoke import dlq_headers
 from ct_stream.topology import Topology
-from ct_stream.window import WindowStore, prune_snapshots, write_snapshot
+from ct_stream.window import Snapshot, WindowStore, prune_snapshots, write_snapshot
 
 __all__ = ["TrainerWorker", "gate_metric", "topology_hash"]
 
@@ -102,18 +104,17 @@ def _finite(values: dict[str, Any]) -> dict[str, Any]:
     return {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in values.items()}
 
 
+@dataclass
 class _Retrain:
     """One retrain in flight: its subprocess, snapshot and holdout."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], job_dir: Path, trigger: str, snapshot: Any,
-                 holdout: pa.Table, offsets: dict[int, int], started: float) -> None:
-        self.proc = proc
-        self.job_dir = job_dir
-        self.trigger = trigger
-        self.snapshot = snapshot
-        self.holdout = holdout
-        self.offsets = offsets
-        self.started = started
+    proc: subprocess.Popen[bytes]
+    job_dir: Path
+    trigger: str
+    snapshot: Snapshot
+    holdout: pa.Table
+    offsets: dict[int, int]
+    started: float
 
 
 class TrainerWorker:
@@ -255,26 +256,18 @@ class TrainerWorker:
 
     def _load_champion(self) -> None:
         """The latest verified update of this model on the promotion topic, and its model."""
-        name = self.t.model_name
         updates: dict[int, tuple[ModelUpdate, bytes]] = {}
         latest: ModelUpdate | None = None
-        for key, value, _, offset in read_topic(self.bootstrap, self.t.models_topic, self.t.kafka):
-            if key != name.encode() or value is None:
+        for entry in read_updates(self.bootstrap, self.t, self.key, insecure=self.insecure):
+            if entry.update is not None:  # a version that does not verify still counts: ours come after it
+                self.last_version = max(self.last_version, entry.update.version)
+            if entry.problem is not None or entry.update is None or entry.artifact is None:
+                log.warning("models topic offset %d: ignored, does not verify: %s", entry.offset, entry.problem)
                 continue
-            try:
-                update, data = verify_with_artifact(value, self.key, insecure=self.insecure)
-            except (VerificationError, RegistryError) as e:
-                log.warning("models topic offset %d: ignored, does not verify: %s", offset, e)
-                try:  # its version still counts: ours must come after it
-                    self.last_version = max(self.last_version, decode(value)[0].version)
-                except VerificationError:
-                    pass
-                continue
-            updates[update.version] = (update, data)
-            if latest is None or update.version > latest.version:
-                latest = update
+            updates[entry.update.version] = (entry.update, entry.artifact)
+            if latest is None or entry.update.version > latest.version:
+                latest = entry.update
         self.latest = latest
-        self.last_version = max(self.last_version, max(updates, default=0))
         if latest is None:
             return
         cv = champion_version(latest)
@@ -488,9 +481,11 @@ class TrainerWorker:
         candidate = OnlineLearner.from_state(result.read_bytes(), self.t)
         shutil.rmtree(r.job_dir, ignore_errors=True)
         losses = candidate.losses(r.holdout)
-        report = self._gate("retrain", candidate, losses, candidate.predictions(r.holdout), r.holdout)
+        artifact = candidate.artifact()
+        report = self._gate("retrain", candidate, artifact, losses, candidate.predictions(r.holdout), r.holdout)
         if report.approved:
-            self._publish(candidate, report, r.offsets, {"path": str(r.snapshot.path), "sha256": r.snapshot.sha256})
+            self._publish(candidate, artifact, report, r.offsets,
+                          {"path": str(r.snapshot.path), "sha256": r.snapshot.sha256})
 
     # Gate and publish -------------------------------------------------------------------
     def offer_online(self) -> GateReport | None:
@@ -506,13 +501,14 @@ class TrainerWorker:
         cut = max(0, holdout.num_rows - self.t.gate.holdout_size)
         holdout, losses, preds = holdout.slice(cut), losses[cut:], preds[cut:]
         snapshot_learner = OnlineLearner.from_state(self.learner.state(), self.t)
-        report = self._gate("online", snapshot_learner, losses, preds, holdout)
+        artifact = snapshot_learner.artifact()
+        report = self._gate("online", snapshot_learner, artifact, losses, preds, holdout)
         if report.approved:
-            self._publish(snapshot_learner, report, dict(self.offsets), None)
+            self._publish(snapshot_learner, artifact, report, dict(self.offsets), None)
         return report
 
-    def _gate(self, kind: str, candidate: OnlineLearner, losses: np.ndarray, predictions: np.ndarray,
-              holdout: pa.Table) -> GateReport:
+    def _gate(self, kind: str, candidate: OnlineLearner, artifact: tuple[str, bytes], losses: np.ndarray,
+              predictions: np.ndarray, holdout: pa.Table) -> GateReport:
         champion_losses = None
         if self.champion is not None:
             champion_losses = self.champion.losses(holdout)
@@ -523,7 +519,7 @@ class TrainerWorker:
         candidate.predictions(sample)
         latency = (time.perf_counter() - started) / max(1, sample.num_rows)
         report = evaluate(champion_losses, losses, config=self.gate_config, challenger_predictions=predictions,
-                          latency_seconds_per_example=latency, artifact_bytes=len(candidate.artifact()[1]))
+                          latency_seconds_per_example=latency, artifact_bytes=len(artifact[1]))
         self.metrics.child(self.metrics.gate, kind, report.decision).inc()
         self._record_gate(kind, report)
         log.warning("trainer %s: gate %s for the %s candidate against champion v%d on %d holdout rows: "
@@ -545,13 +541,13 @@ class TrainerWorker:
         with open(self.gate_log_path, "ab") as f:
             f.write(orjson.dumps(line) + b"\n")
 
-    def _publish(self, candidate: OnlineLearner, report: GateReport, offsets: dict[int, int],
-                 snapshot: dict[str, str] | None) -> None:
+    def _publish(self, candidate: OnlineLearner, artifact: tuple[str, bytes], report: GateReport,
+                 offsets: dict[int, int], snapshot: dict[str, str] | None) -> None:
         assert self.publisher is not None
         started = time.perf_counter()
         t = self.t
         version = self.last_version + 1
-        fmt, data = candidate.artifact()
+        fmt, data = artifact
         inline, uri, sha = store_artifact(data, t.publish.artifact_dir, t.model_name, version,
                                           limit=t.publish.inline_max_bytes)
         metrics = {"holdout_mean_loss": report.challenger_mean_loss, "gate_metric": self.metric,
@@ -568,7 +564,7 @@ class TrainerWorker:
         if action == "canary":
             self._start_canary(update)
         else:
-            self._new_champion(update, learner_from_artifact(fmt, data, t))
+            self._new_champion(update, candidate)  # a copy of its own: the online model learns on apart
         self.metrics.child(self.metrics.publish_seconds).observe(time.perf_counter() - started)
         log.warning("trainer %s: published v%d (%s, parent %s, %s)", t.name, version, action,
                     update.parent_version, "inline" if inline is not None else uri)
