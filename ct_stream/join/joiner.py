@@ -384,6 +384,9 @@ class PartitionJoiner:
         pack, unpack, n_names = self._pack, self._unpack, len(self._names or ())
         fast = self._fast and pack is not None
         general = self._record
+        # step 4's common case inline: due events at the front expiring as negatives
+        front, expire_inline = self._front, self._fast and self._policy == "negative"
+        default_label, own, n_expired = self._default_label, _OWN_NAMES, 0
         # the wheel bucket (deadline bucket) and the done-memory bucket the last new entry
         # went to: consecutive records mostly share them (valid until the next _expire)
         wheel_k: int | None = None
@@ -463,8 +466,42 @@ class PartitionJoiner:
             # 4. expiry, when the watermark passed the first deadline or done-memory
             # bucket that may be due (a stale entry at the front only costs an early look)
             if wm > due:
-                self._expire(out)
-                due = self._due()
+                if expire_inline:  # == _expire's loop for the due live events at the front
+                    pos = start = self._front_pos
+                    n_front = len(front)
+                    while pos < n_front:
+                        e = front[pos]
+                        ets = e[1]
+                        if not ets + delay < wm:
+                            break
+                        ei = e[0]
+                        if events.get(ei) is not e:
+                            if labels.get(ei) is e:
+                                break  # a label without its event: _expire dead-letters it
+                            self._stale -= 1  # stale: joined since
+                            pos += 1
+                            continue
+                        pos += 1
+                        del events[ei]
+                        n_expired += 1
+                        examples.append(Example(ei, ets, None, default_label, "expired", e[3], e[4], partition,
+                                                e[2], e[6] if len(e) == 7 and e[5] is own else unpack(e)))
+                        done[ei] = (_EXPIRED, ets, e)  # == self._remember(ei, _EXPIRED, ets, e)
+                        k = int((ets + horizon) // width)
+                        bucket = buckets.get(k)
+                        if bucket is None:
+                            self._bucket(ei, k)
+                        else:
+                            bucket.append(ei)
+                        log(ei)
+                    if pos != start:
+                        self._front_pos = pos
+                        due = self._due()
+                if wm > due:
+                    self._expire(out)
+                    due = self._due()
+                elif self._front_pos > 1024:
+                    self._trim_front()  # == what _expire does last (the front's head stays)
                 if wheel_k is not None and wheel_k <= self._front_k:  # its bucket went to the front
                     wheel_k = None
                 if done_k is not None and buckets.get(done_k) is not done_bucket:  # forgotten
@@ -476,6 +513,7 @@ class PartitionJoiner:
         counts["events"] += n_events
         counts["labels"] += len(inputs) - n_events
         counts["joined"] += n_joined
+        counts["expired"] += n_expired
         if self._stale > 1024 and self._stale > self.pending:
             self._compact()
         return out
