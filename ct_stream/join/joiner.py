@@ -181,6 +181,28 @@ class Example:
     source_offset: int
     features: dict[str, Any]
 
+    @classmethod
+    def from_row(cls, row: ExampleRow) -> Example:
+        """The example of a row of :attr:`JoinOutput.rows`."""
+        e, names, label_ts, label, outcome, partition = row
+        features = e[6] if len(e) == 7 and e[5] is _OWN_NAMES else dict(zip(names, e[5:]))  # type: ignore[arg-type]
+        return cls(e[0], e[1], label_ts, label, outcome, e[3], e[4], partition, e[2], features)
+
+    def row(self) -> ExampleRow:
+        """This example as a row of :attr:`JoinOutput.rows` (``Example.from_row(x.row()) == x``)."""
+        entry = (self.id, self.event_ts, self.source_offset, self.served_version, self.prediction, _OWN_NAMES,
+                 self.features)
+        return entry, None, self.label_ts, self.label, self.outcome, self.source_partition
+
+
+ExampleRow = tuple[tuple[Any, ...], "tuple[str, ...] | None", "float | None", Any, str, int]
+"""An example as the joiner emits it: ``(entry, names, label_ts, label, outcome,
+partition)``, where ``entry`` is the event's pending entry (``(id, ts, offset,
+served_version, prediction, *feature values)``, the values in the order of ``names``;
+or ``(..., prediction, <own-names marker>, features dict)``). No object or features dict
+per example: :func:`ct_stream.join.arrow.rows_to_arrow` turns rows into Arrow columns
+directly, :meth:`Example.from_row` into an :class:`Example`."""
+
 
 @dataclass(slots=True)
 class DeadLetter:
@@ -201,14 +223,20 @@ class DeadLetter:
 
 @dataclass
 class JoinOutput:
-    """What one call produced: examples and dead letters, in the order they happened."""
+    """What one call produced: examples (as :data:`ExampleRow` rows) and dead letters, in
+    the order they happened. :attr:`examples` builds the :class:`Example` objects."""
 
-    examples: list[Example] = field(default_factory=list)
+    rows: list[ExampleRow] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
+
+    @property
+    def examples(self) -> list[Example]:
+        """The rows as :class:`Example` objects (built on each access)."""
+        return [Example.from_row(r) for r in self.rows]
 
     def extend(self, other: JoinOutput) -> None:
         """Append ``other``'s examples and dead letters to this output."""
-        self.examples.extend(other.examples)
+        self.rows.extend(other.rows)
         self.dead_letters.extend(other.dead_letters)
 
 
@@ -371,7 +399,8 @@ class PartitionJoiner:
         if not inputs:
             return out
         self._last_arrival = self._clock()
-        examples = out.examples
+        examples = out.rows
+        names = self._names
         events, labels, done = self._events, self._labels, self._done
         log = self._log.append
         wheel, buckets = self._wheel, self._buckets
@@ -381,12 +410,12 @@ class PartitionJoiner:
         scale, floor = self._scale, math.floor
         wm, max_ts = self._wm, self._max_ts
         due = self._due()
-        pack, unpack, n_names = self._pack, self._unpack, len(self._names or ())
+        pack, n_names = self._pack, len(self._names or ())
         fast = self._fast and pack is not None
         general = self._record
         # step 4's common case inline: due events at the front expiring as negatives
         front, expire_inline = self._front, self._fast and self._policy == "negative"
-        default_label, own, n_expired = self._default_label, _OWN_NAMES, 0
+        default_label, n_expired = self._default_label, 0
         # the wheel bucket (deadline bucket) and the done-memory bucket the last new entry
         # went to: consecutive records mostly share them (valid until the next _expire)
         wheel_k: int | None = None
@@ -414,7 +443,7 @@ class PartitionJoiner:
                 feats = rec.features  # type: ignore[union-attr]
                 if not fast or i in events or i in labels or i in done or len(feats) != n_names:
                     if general(kind, rec, offset, ts, wm, out):
-                        pack, unpack, n_names = self._pack, self._unpack, len(self._names or ())
+                        pack, names, n_names = self._pack, self._names, len(self._names or ())
                         fast = self._fast and pack is not None
                     due = self._due()
                 else:  # a new event: it waits (== _record's case, inline)
@@ -438,9 +467,7 @@ class PartitionJoiner:
                     due = self._due()
                 else:  # its event is pending: joined (== _record's case, inline)
                     ev_ts = pe[1]
-                    feats = pe[6] if len(pe) == 7 and pe[5] is _OWN_NAMES else unpack(pe)  # == self._features(pe)
-                    examples.append(Example(i, ev_ts, ts, rec.label, "joined", pe[3], pe[4],  # type: ignore[union-attr]
-                                            partition, pe[2], feats))
+                    examples.append((pe, names, ts, rec.label, "joined", partition))  # type: ignore[union-attr]
                     delays.append(ts - ev_ts)
                     done[i] = ev_ts  # == self._remember(i, _JOINED, ev_ts)
                     k = int((ev_ts + horizon) // width)
@@ -484,8 +511,7 @@ class PartitionJoiner:
                         pos += 1
                         del events[ei]
                         n_expired += 1
-                        examples.append(Example(ei, ets, None, default_label, "expired", e[3], e[4], partition,
-                                                e[2], e[6] if len(e) == 7 and e[5] is own else unpack(e)))
+                        examples.append((e, names, None, default_label, "expired", partition))
                         done[ei] = (_EXPIRED, ets, e)  # == self._remember(ei, _EXPIRED, ets, e)
                         k = int((ets + horizon) // width)
                         bucket = buckets.get(k)
@@ -545,8 +571,8 @@ class PartitionJoiner:
                 events[i] = e
                 self._add_pending(e)
             else:
-                out.examples.append(Example(i, ts, pl[1], pl[3], "joined", rec.served_version,  # type: ignore[union-attr]
-                                            rec.prediction, self.partition, offset, rec.features))  # type: ignore[union-attr]
+                e = (i, ts, offset, rec.served_version, rec.prediction, _OWN_NAMES, rec.features)  # type: ignore[union-attr]
+                out.rows.append((e, None, pl[1], pl[3], "joined", self.partition))
                 self._label_delays.append(pl[1] - ts)
                 self._remember(i, _JOINED, ts)
                 self._log.append(i)
@@ -554,16 +580,14 @@ class PartitionJoiner:
         e = events.pop(i, None)
         if e is not None:
             ev_ts = e[1]
-            out.examples.append(Example(i, ev_ts, ts, rec.label, "joined", e[3], e[4],  # type: ignore[union-attr]
-                                        self.partition, e[2], self._features(e)))
+            out.rows.append((e, self._names, ts, rec.label, "joined", self.partition))  # type: ignore[union-attr]
             self._label_delays.append(ts - ev_ts)
             self._remember(i, _JOINED, ev_ts)
             self._log.append(i)
         elif known:
             if type(d) is tuple and d[0] == _EXPIRED:
                 e = d[2]  # type: ignore[index]
-                out.examples.append(Example(i, d[1], ts, rec.label, "correction",  # type: ignore[union-attr, index]
-                                            e[3], e[4], self.partition, e[2], self._features(e)))  # type: ignore[index]
+                out.rows.append((e, self._names, ts, rec.label, "correction", self.partition))  # type: ignore[union-attr, index]
                 self.counts["corrections"] += 1
                 done[i] = (_CORRECTED, d[1], None)  # type: ignore[index]
                 self._log.append(i)
@@ -860,9 +884,7 @@ class PartitionJoiner:
         kept = None
         if policy == "negative":
             counts["expired"] += 1
-            feats = e[6] if len(e) == 7 and e[5] is _OWN_NAMES else self._unpack(e)  # == self._features(e)
-            out.examples.append(Example(i, ts, None, self._default_label, "expired", e[3], e[4],
-                                        self.partition, offset, feats))
+            out.rows.append((e, self._names, None, self._default_label, "expired", self.partition))
             state, kept = _EXPIRED, e
         elif policy == "drop":
             counts["expired_dropped"] += 1

@@ -30,6 +30,7 @@ from prometheus_client import CollectorRegistry
 
 from ct_stream.errors import BrokerError, CtStreamError
 from ct_stream.join import Example, JoinerGroup, JoinOutput, PartitionJoiner
+from ct_stream.join.joiner import ExampleRow
 from ct_stream.kafka.clients import TopicSpec, ensure_topics, read_to_end
 from ct_stream.kafka.group import GroupIO, Mode, probe_transaction_isolation
 from ct_stream.metrics import JoinerMetrics
@@ -303,14 +304,14 @@ class JoinerWorker:
                     break
         if good:
             out = self.group.partitions[p].process(good)  # type: ignore[arg-type]
-            self._buffers[p].extend(out.examples)  # all from partition p
+            self._buffers[p].extend(out.rows)  # all from partition p
             self._handle(out, examples=False)
             self._handle(self.group.enforce_capacity())
 
     def _handle(self, out: JoinOutput, examples: bool = True) -> None:
         if examples:
-            for ex in out.examples:
-                self._buffers[ex.source_partition].append(ex)
+            for row in out.rows:
+                self._buffers[row[5]].append(row)  # ExampleRow: (entry, names, label_ts, label, outcome, partition)
         for dl in out.dead_letters:
             topic = self.t.events_topic if dl.kind == "event" else self.t.labels_topic
             if dl.source is not None:  # the message itself: dead-letter its original bytes
@@ -334,8 +335,9 @@ class JoinerWorker:
         self.io.produce(self.t.dlq_topic, value, key, headers=dlq_headers(reason, detail, topic, partition, offset))
         self.metrics.child(self.metrics.dead_letters, reason).inc()
 
-    def _too_large(self, ex: Example, size: int) -> None:
+    def _too_large(self, row: ExampleRow, size: int) -> None:
         """Dead-letter an example whose one-row message is bigger than a topic takes by default."""
+        ex = Example.from_row(row)
         value: bytes | None = encode_event(Event(ex.id, ex.event_ts, ex.features, ex.served_version, ex.prediction),
                                            self.t.record_schema)
         if len(value) > _MAX_MESSAGE_BYTES:  # type: ignore[arg-type]
@@ -356,7 +358,9 @@ class JoinerWorker:
                 if len(message) > _MAX_MESSAGE_BYTES:  # one row alone is more than the topic takes
                     self._too_large(chunk[0], len(message))
                     continue
-                self.io.produce(t.examples_topic, message, key=f"{p}:{chunk[0].source_offset}".encode(), partition=p)
+                # key: the partition and the first row's source offset (entry[2])
+                self.io.produce(t.examples_topic, message, key=f"{p}:{chunk[0][0][2]}".encode(),
+                                partition=p)
         self._buffers.clear()
         changelog = []
         for p, joiner in self.group.partitions.items():
