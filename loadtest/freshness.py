@@ -154,6 +154,7 @@ def main() -> int:
         else:
             encoded.append((due, topology.labels_topic, i, encode_label(Label(i, epoch + due, labels[n]), schema)))
     del plan, feats
+    print(f"producing for {args.seconds:.0f} s ...", flush=True)
     try:
         time.sleep(3.0)  # the loop subprocess joins its group (wall-clock start-up, not measured)
         start = time.time()
