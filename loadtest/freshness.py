@@ -9,7 +9,8 @@ On the embedded broker (or --bootstrap), three processes share the machine's cor
    concept drifts continuously (the true weight vector turns a full circle every 20 s),
    so a newer online model is better on recent data than an older one, as in a live
    continuous-training deployment;
-2. ``ct-stream run --role all --insecure`` (a subprocess): joiner and trainer; the
+2. ``ct-stream run --role all --insecure`` (a subprocess; with ``--roles split``, one
+   ``--role joiner`` and one ``--role trainer`` process): joiner and trainer; the
    online model is offered to the gate every ``--online-every`` and published when the
    gate approves it (the default gate: a paired test at alpha 0.05 on the 5,000 most
    recent examples);
@@ -100,6 +101,9 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=50_000, help="events per second (default 50000)")
     ap.add_argument("--seconds", type=float, default=30.0, help="how long to produce (default 30)")
     ap.add_argument("--online-every", default="1s", help="publish.online_every of the topology (default 1s)")
+    ap.add_argument("--roles", choices=("all", "split"), default="all",
+                    help="all: one `ct-stream run --role all` process (default); split: a joiner process and a "
+                         "trainer process")
     ap.add_argument("--bootstrap", default=None)
     args = ap.parse_args()
     name = f"fresh-{uuid.uuid4().hex[:6]}"
@@ -119,10 +123,12 @@ def main() -> int:
         broker = EmbeddedBroker().start()
         bootstrap = broker.bootstrap
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    loop = subprocess.Popen([sys.executable, "-m", "ct_stream.cli", "run", str(topo_path), "--role", "all",
-                             "--insecure", "--bootstrap", bootstrap, "--data-dir", str(work / "data"),
-                             "--log-level", "WARNING"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=open(work / "loop.log", "wb"))
+    roles = ["all"] if args.roles == "all" else ["joiner", "trainer"]
+    loops = [subprocess.Popen([sys.executable, "-m", "ct_stream.cli", "run", str(topo_path), "--role", role,
+                               "--insecure", "--bootstrap", bootstrap, "--data-dir", str(work / "data"),
+                               "--log-level", "WARNING"], env=env, stdout=subprocess.DEVNULL,
+                              stderr=open(work / f"{role}.log", "wb"))
+             for role in roles]
     answered: dict[int, float] = {}  # version -> when predict first answered with it
     stop = threading.Event()
     sub = ModelSubscriber(bootstrap, topology, signing_key=None, insecure=True).start()
@@ -180,11 +186,13 @@ def main() -> int:
             time.sleep(0.5)
     finally:
         stop.set()
-        loop.send_signal(signal.SIGTERM)
-        try:
-            loop.wait(30)
-        except subprocess.TimeoutExpired:
-            loop.kill()
+        for loop in loops:
+            loop.send_signal(signal.SIGTERM)
+        for loop in loops:
+            try:
+                loop.wait(30)
+            except subprocess.TimeoutExpired:
+                loop.kill()
         sub.close()
         server.join(5)
 
@@ -219,7 +227,7 @@ def main() -> int:
           f"labels {len(produced_at):,}: {len(fresh):,} learned by a served version, {unlearned:,} not "
           f"(joined too late for the last version, or not joined)")
     if not fresh:
-        print("no freshness measured; the loop's log:", work / "loop.log")
+        print("no freshness measured; the workers' logs are in", work)
         return 1
     f = np.array(fresh)
     p50, p90, p99 = np.percentile(f, [50, 90, 99])
