@@ -295,6 +295,37 @@ def test_concept_drift_chunk_carries_over_batches() -> None:
     assert all((i + 1) % 7 == 0 for i in hits_a)  # reported at a chunk's last value
 
 
+@pytest.mark.parametrize("chunk", [1, 10])
+def test_a_falling_error_is_not_concept_drift(chunk: int) -> None:
+    """A model that learns makes its error fall; ADWIN cuts its window on that change too.
+    By default only a rise counts: the fall is counted as an improvement, and a rise after
+    it is still found. With ``increases_only=False`` the fall is reported as before."""
+    e = error_stream(8, 20_000, 20_000, before=0.5, after=0.1)  # the learning curve, in one step
+    rise = error_stream(9, 0, 20_000, after=0.4)
+    default, every = ConceptDriftMonitor(chunk=chunk), ConceptDriftMonitor(chunk=chunk, increases_only=False)
+    for start in range(0, len(e), 1000):
+        assert default.update(e[start:start + 1000]) == []
+        every.update(e[start:start + 1000])
+    assert default.n_improvements >= 1 and default.n_detections == 0
+    assert every.n_detections >= 1 and every.n_improvements == 0
+    found = []
+    for start in range(0, len(rise), 1000):
+        found += [start + i for i in default.update(rise[start:start + 1000])]
+    assert found and found[0] < 1000 and default.n_detections == len(found)
+
+
+def test_a_monitor_pickled_before_increases_only_goes_on() -> None:
+    """A checkpoint from before the option holds a monitor without its attributes: it
+    unpickles and keeps reporting every change, as it did."""
+    import pickle
+
+    mon = ConceptDriftMonitor()
+    for name in ("increases_only", "_windowed"):
+        del mon.__dict__[name]
+    old = pickle.loads(pickle.dumps(mon))
+    assert old.update(error_stream(3, 5000, 5000)) and old.increases_only is False
+
+
 def test_concept_drift_other_detectors() -> None:
     e = error_stream(6, 10_000, 10_000)
     for det in (drift.PageHinkley(), drift.binary.HDDMA()):

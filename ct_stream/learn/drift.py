@@ -377,6 +377,12 @@ class ConceptDriftMonitor:
     docs/learning.md). Binary detectors (``river.drift.binary``) need 0/1 errors and
     ``chunk=1``.
 
+    With ``increases_only`` (the default) and a detector that keeps a window it cuts on a
+    change (ADWIN: ``width`` and ``estimation``), only a cut after which the recent error
+    is *higher* than the dropped older part's counts as drift: a model still learning makes
+    its error fall, and ADWIN reports that change too (counted in :attr:`n_improvements`,
+    not reported). Other detectors report every change they see.
+
     >>> import numpy as np
     >>> rng = np.random.default_rng(0)
     >>> mon = ConceptDriftMonitor()
@@ -385,9 +391,23 @@ class ConceptDriftMonitor:
     >>> hits = mon.update((rng.random(5000) < 0.5).astype(float))
     >>> len(hits) >= 1 and 0 < hits[0] < 500, mon.n_detections == len(hits)
     (True, True)
+    >>> better = ConceptDriftMonitor()  # the error falls from 50% to 10%: not a drift
+    >>> better.update((rng.random(5000) < 0.5).astype(float)) + better.update((rng.random(5000) < 0.1).astype(float))
+    []
+    >>> better.n_improvements >= 1
+    True
     """
 
-    def __init__(self, detector: Any = None, *, chunk: int = 1) -> None:
+    # the values in the detector's window (since its last cut): their sum and count before
+    # this batch, and where this batch's share of them starts (see _improved)
+    _window_sum = 0.0
+    _window_n = 0
+    _window_from = 0
+    n_improvements = 0  # cuts where the error went down: ignored with increases_only
+    increases_only = False  # (class defaults: a monitor pickled before these existed goes on as it was)
+    _windowed = False
+
+    def __init__(self, detector: Any = None, *, chunk: int = 1, increases_only: bool = True) -> None:
         if detector is None:
             from river.drift import ADWIN
 
@@ -400,6 +420,10 @@ class ConceptDriftMonitor:
         if self.binary and self.chunk != 1:
             raise LearnError("chunk", chunk, "1 with a binary detector (it needs 0/1 values)")
         self.detector = detector
+        self.increases_only = bool(increases_only)
+        # ADWIN-like detectors (a window that a detection cuts, with width and estimation)
+        # can tell a worse error from a better one; others report every change
+        self._windowed = self.increases_only and hasattr(detector, "width") and hasattr(detector, "estimation")
         self.n_seen = 0  # values given to update()
         self.n_detections = 0
         self.last_detection: int | None = None  # index in the whole stream (0-based)
@@ -433,13 +457,39 @@ class ConceptDriftMonitor:
         det = self.detector
         for i, v in enumerate(values):
             update(v)
-            if det.drift_detected:
+            if det.drift_detected and not self._improved(values, i):
                 hits.append(i if ends is None else int(ends[i]))
+        if self._windowed:
+            self._window_sum += float(sum(values[self._window_from:]))
+            self._window_n += len(values) - self._window_from
+            self._window_from = 0
         self.n_seen += len(ev)
         if hits:
             self.n_detections += len(hits)
             self.last_detection = self.n_seen - len(ev) + hits[-1]
         return hits
+
+    def _improved(self, values: list[float], i: int) -> bool:
+        """After the detector cut its window at ``values[i]``: True when the error went
+        *down* (the kept, recent part's mean is not above the dropped part's), which is a
+        model that learned, not a concept that changed; such a cut is counted in
+        :attr:`n_improvements` and not reported. Always False unless ``increases_only``
+        and the detector has a window (ADWIN)."""
+        if not self._windowed:
+            return False
+        det = self.detector
+        total = self._window_sum + float(sum(values[self._window_from:i + 1]))
+        n = self._window_n + i + 1 - self._window_from
+        kept_n, kept_mean = int(det.width), float(det.estimation)
+        # the window continues with the kept part, then this batch's values after i
+        self._window_sum, self._window_n, self._window_from = kept_mean * kept_n, kept_n, i + 1
+        dropped = n - kept_n
+        if dropped <= 0:
+            return False
+        if kept_mean <= (total - kept_mean * kept_n) / dropped:
+            self.n_improvements += 1
+            return True
+        return False
 
     def _chunk_means(self, ev: F64) -> tuple[list[float], F64]:
         """Means of the complete chunks (the first one completes a carried partial chunk) and
