@@ -431,6 +431,15 @@ class Topology:
                                      max_record_bytes=self.max_record_bytes))
         set_("features", dict(self.features))
         self._check_default_label()
+        self._check_gate_metric()
+
+    def _check_gate_metric(self) -> None:
+        metric = self.gate.metric
+        allowed = ("mae", "rmse") if self.label_type == "regression" else ("log_loss", "accuracy")
+        if metric is not None and metric not in allowed:
+            raise TopologyError("gate.metric", metric,
+                                f"one of {', '.join(repr(a) for a in allowed)} for label_type {self.label_type!r} "
+                                "(or None for the default)")
 
     def _check_default_label(self) -> None:
         join: JoinSpec = self.join

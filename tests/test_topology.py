@@ -78,6 +78,16 @@ def test_an_invalid_field_gets_one_error_naming_it(changes, field):
     assert message.startswith(f"{field}: got ") and "allowed: " in message
 
 
+def test_the_gate_metric_must_fit_the_label_type():
+    with pytest.raises(TopologyError, match="gate.metric: got 'mae'.*'log_loss', 'accuracy' for label_type 'binary'"):
+        make(gate={"metric": "mae"})
+    with pytest.raises(TopologyError, match="gate.metric: got 'log_loss'.*'mae', 'rmse' for label_type 'regression'"):
+        make(label_type="regression", join={"timeout_policy": "drop"}, gate={"metric": "log_loss"})
+    assert make(label_type="multiclass", join={"timeout_policy": "drop"}, gate={"metric": "accuracy"}).gate.metric \
+        == "accuracy"
+    assert make(label_type="regression", join={"timeout_policy": "drop"}, gate={"metric": "rmse"}).gate.metric == "rmse"
+
+
 def test_default_label_is_required_for_regression_and_multiclass_negatives():
     with pytest.raises(TopologyError, match="join.default_label.*finite number"):
         make(label_type="regression")
