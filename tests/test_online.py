@@ -313,8 +313,9 @@ def test_artifact_round_trip_predicts_the_same(label_type, estimator) -> None:
     probe = examples_to_batch(make_rows(t, 200, seed=3), t.record_schema)
     assert_same(a.predictions(probe), b.predictions(probe))
     assert_same(a.losses(probe), b.losses(probe))
-    # it can go on learning, exactly like the original
-    np.testing.assert_array_equal(a.learn(probe).prediction, b.learn(probe).prediction)
+    # it can go on learning, like the original (up to the last bit: a multiclass model's
+    # class dicts may come back in another order, so its sums add in another order)
+    assert_same(a.learn(probe).prediction, b.learn(probe).prediction)
 
 
 def test_linear_artifact_is_a_model_state_the_registry_loads() -> None:
