@@ -354,21 +354,28 @@ class TrainerWorker:
         expired example) among the last ``dedupe_window`` examples. A joiner that runs
         at-least-once (a broker without transaction isolation) writes a micro-batch again
         after a crash; exactly-once joiners never do, and nothing is dropped."""
-        ids = table.column("id").to_pylist()
-        outcomes = table.column("outcome").to_pylist()
+        keys = table.column("id").to_pylist()
+        outcomes = table.column("outcome")
+        if pc.any(pc.equal(outcomes, "correction")).as_py():
+            keys = [i if outcome != "correction" else i + "\x00correction"
+                    for i, outcome in zip(keys, outcomes.to_pylist())]
         seen, order = self._seen, self._seen_order
-        keep = []
-        for i, outcome in zip(ids, outcomes):
-            key = i if outcome != "correction" else i + "\x00correction"
-            if key in seen:
-                keep.append(False)
-            else:
-                seen.add(key)
-                order.append(key)
-                keep.append(True)
+        if seen.isdisjoint(keys) and len(set(keys)) == len(keys):  # the common case, in C: all new
+            seen.update(keys)
+            order.extend(keys)
+            keep = None
+        else:
+            keep = []
+            for key in keys:
+                if key in seen:
+                    keep.append(False)
+                else:
+                    seen.add(key)
+                    order.append(key)
+                    keep.append(True)
         while len(order) > self.dedupe_window:
             seen.discard(order.popleft())
-        dropped = len(keep) - sum(keep)
+        dropped = 0 if keep is None else len(keep) - sum(keep)
         if not dropped:
             return table
         self.duplicates += dropped
