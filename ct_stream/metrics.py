@@ -14,13 +14,13 @@ True
 from __future__ import annotations
 
 import threading
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import HistogramMetricFamily, Metric
 
-__all__ = ["BulkHistogram", "JoinerMetrics", "ServingMetrics", "TrainerMetrics", "serve_metrics"]
+__all__ = ["BulkHistogram", "JoinerMetrics", "ServerMetrics", "ServingMetrics", "TrainerMetrics", "serve_metrics"]
 
 _DELAY_BUCKETS = (0.1, 0.5, 1, 5, 15, 30, 60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 86400, 7 * 86400)
 _COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -248,3 +248,36 @@ class ServingMetrics(_TopologyMetrics):
                                             "Shadow-scored requests where the canary's value differed from "
                                             "the champion's.", t, registry=registry)
 
+
+class ServerMetrics(_TopologyMetrics):
+    """The HTTP server's metrics, on ``registry``, labelled with the topology's name.
+
+    - ``ct_server_requests_total{topology,endpoint,status}``: HTTP requests answered
+      (endpoint ``predict``, ``healthz``, ``model``, ``metrics`` or ``other``).
+    - ``ct_server_prediction_log_total{topology,outcome}``: served predictions and the
+      events topic: ``queued``, ``no_id`` (served, not logged: the request had no id),
+      ``dropped`` (the producer's local queue was full), ``delivered``, ``failed``.
+    """
+
+    def __init__(self, registry: CollectorRegistry, topology: str) -> None:
+        super().__init__(registry, topology)
+        self.requests = Counter("ct_server_requests_total", "HTTP requests answered, by endpoint and status code.",
+                                ["topology", "endpoint", "status"], registry=registry)
+        self.prediction_log = Counter("ct_server_prediction_log_total",
+                                      "Served predictions logged to the events topic, by outcome (queued, no_id, "
+                                      "dropped, delivered, failed).", ["topology", "outcome"], registry=registry)
+        self._children: dict[tuple[str, int], Any] = {}
+        self._log_children = {o: self.prediction_log.labels(topology=topology, outcome=o)
+                              for o in ("queued", "no_id", "dropped", "delivered", "failed")}
+
+    def request(self, endpoint: str, status: int) -> None:
+        """Count one answered request."""
+        child = self._children.get((endpoint, status))
+        if child is None:
+            child = self._children[(endpoint, status)] = self.requests.labels(
+                topology=self.topology, endpoint=endpoint, status=str(status))
+        child.inc()
+
+    def logged(self, outcome: str, n: int = 1) -> None:
+        """Count ``n`` prediction-log outcomes (thread-safe: called from the producer's callback too)."""
+        self._log_children[outcome].inc(n)

@@ -33,7 +33,7 @@ import time
 from typing import Any, AsyncIterator, Callable
 
 import orjson
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -41,6 +41,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ct_stream.errors import LearnError, ServingError
+from ct_stream.metrics import ServerMetrics
 from ct_stream.records import Event, encode_event
 from ct_stream.serving.subscriber import ModelSubscriber, Prediction
 from ct_stream.topology import Topology
@@ -61,40 +62,6 @@ PredictionLogger = Callable[[bytes, bytes], bool]
 _REQUEST_FIELDS = ("features", "key", "id")
 _JSON_OPTS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 _ENDPOINTS = {"/predict": "predict", "/healthz": "healthz", "/model": "model", "/metrics": "metrics"}
-
-
-class ServerMetrics:
-    """The HTTP server's metrics, on ``registry``, labelled with the topology's name.
-
-    - ``ct_server_requests_total{topology,endpoint,status}``: HTTP requests answered
-      (endpoint ``predict``, ``healthz``, ``model``, ``metrics`` or ``other``).
-    - ``ct_server_prediction_log_total{topology,outcome}``: served predictions and the
-      events topic: ``queued``, ``no_id`` (served, not logged: the request had no id),
-      ``dropped`` (the producer's local queue was full), ``delivered``, ``failed``.
-    """
-
-    def __init__(self, registry: CollectorRegistry, topology: str) -> None:
-        self.topology = topology
-        self.requests = Counter("ct_server_requests_total", "HTTP requests answered, by endpoint and status code.",
-                                ["topology", "endpoint", "status"], registry=registry)
-        self.prediction_log = Counter("ct_server_prediction_log_total",
-                                      "Served predictions logged to the events topic, by outcome (queued, no_id, "
-                                      "dropped, delivered, failed).", ["topology", "outcome"], registry=registry)
-        self._children: dict[tuple[str, int], Any] = {}
-        self._log_children = {o: self.prediction_log.labels(topology=topology, outcome=o)
-                              for o in ("queued", "no_id", "dropped", "delivered", "failed")}
-
-    def request(self, endpoint: str, status: int) -> None:
-        """Count one answered request."""
-        child = self._children.get((endpoint, status))
-        if child is None:
-            child = self._children[(endpoint, status)] = self.requests.labels(
-                topology=self.topology, endpoint=endpoint, status=str(status))
-        child.inc()
-
-    def logged(self, outcome: str, n: int = 1) -> None:
-        """Count ``n`` prediction-log outcomes (thread-safe: called from the producer's callback too)."""
-        self._log_children[outcome].inc(n)
 
 
 class _BadRequest(Exception):
