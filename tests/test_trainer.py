@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -217,10 +218,18 @@ def test_restart_resumes_from_the_checkpoint(broker: Any, tmp_path: Path) -> Non
     run_until(first, lambda: first.learned == 1000, 60, "the first 1000 examples")
     first.close()
     state_after_first = first.learner.state()
+    holdout_after_first = pa.concat_tables([table for table, _, _ in first._recent])
+    gate_after_first = first._online_holdout()
     produce_examples(broker.bootstrap, t, rows[1000:], start=1000, partition=0)
     second = TrainerWorker(t, broker.bootstrap, signing_key=KEY)
     second.setup()
     assert second.learned == 1000 and second.learner.state() == state_after_first
+    # the gate's holdout (recent rows with the losses they had when predicted) came back too
+    assert pa.concat_tables([table for table, _, _ in second._recent]).equals(holdout_after_first)
+    restored = second._online_holdout()
+    assert restored[0].equals(gate_after_first[0])
+    np.testing.assert_array_equal(restored[1], gate_after_first[1])
+    np.testing.assert_array_equal(restored[2], gate_after_first[2])
     try:
         run_until(second, lambda: second.learned == 2000, 60, "the rest")
     finally:

@@ -251,6 +251,8 @@ class TrainerWorker:
         self._seen_order = deque(cp["seen"])
         self._seen = set(self._seen_order)
         self.duplicates = cp["duplicates"]
+        self._recent = deque(cp.get("recent", ()))  # (a checkpoint from before it had none: refills)
+        self._recent_rows = sum(t.num_rows for t, _, _ in self._recent)
         log.info("trainer %s: checkpoint loaded: %d examples learned, offsets %s", self.t.name, self.learned,
                  self.offsets)
 
@@ -502,17 +504,22 @@ class TrainerWorker:
         recent examples (each predicted before it was learned)."""
         if not self._recent or self.learned < self.t.gate.min_samples:
             return None
-        holdout = pa.concat_tables([t for t, _, _ in self._recent])
-        losses = np.concatenate([lo for _, lo, _ in self._recent])
-        preds = np.concatenate([pr for _, _, pr in self._recent])
-        cut = max(0, holdout.num_rows - self.t.gate.holdout_size)
-        holdout, losses, preds = holdout.slice(cut), losses[cut:], preds[cut:]
+        holdout, losses, preds = self._online_holdout()
         snapshot_learner = OnlineLearner.from_state(self.learner.state(), self.t)
         artifact = snapshot_learner.artifact()
         report = self._gate("online", snapshot_learner, artifact, losses, preds, holdout)
         if report.approved:
             self._publish(snapshot_learner, artifact, report, dict(self.offsets), None)
         return report
+
+    def _online_holdout(self) -> tuple[pa.Table, np.ndarray, np.ndarray]:
+        """The online candidate's holdout: the last ``gate.holdout_size`` rows learned, with
+        their prequential losses and predictions (each made before the row was learned)."""
+        holdout = pa.concat_tables([t for t, _, _ in self._recent])
+        losses = np.concatenate([lo for _, lo, _ in self._recent])
+        preds = np.concatenate([pr for _, _, pr in self._recent])
+        cut = max(0, holdout.num_rows - self.t.gate.holdout_size)
+        return holdout.slice(cut), losses[cut:], preds[cut:]
 
     def _gate(self, kind: str, candidate: OnlineLearner, artifact: tuple[str, bytes], losses: np.ndarray,
               predictions: np.ndarray, holdout: pa.Table) -> GateReport:
@@ -705,7 +712,8 @@ class TrainerWorker:
               "last_version": self.last_version, "drift_at": self.drift_at,
               "concept": None if self.concept is None else pickle.dumps(self.concept),
               "data_drift": None if self.data_drift is None else self.data_drift.state(),
-              "served": pickle.dumps(self.served), "seen": list(self._seen_order), "duplicates": self.duplicates}
+              "served": pickle.dumps(self.served), "seen": list(self._seen_order), "duplicates": self.duplicates,
+              "recent": list(self._recent)}  # the gate's holdout: a few thousand rows with their losses
         write_atomic(self.checkpoint_path, pickle.dumps(cp, protocol=pickle.HIGHEST_PROTOCOL))
         self._last_checkpoint = self.clock()
         self.metrics.child(self.metrics.checkpoint_seconds).observe(time.perf_counter() - started)
