@@ -176,6 +176,8 @@ def main() -> int:
             if k % 2000 == 0:
                 producer.poll(0)
         producer.flush(60)
+        if tracker.failed:  # a label that never reached the broker would count as "not learned"
+            raise SystemExit(f"{tracker.failed} records were not delivered: {tracker.first_error}")
         produced_for = time.time() - start
         late = produced_for - args.seconds - 2.0
         print(f"produced {len(encoded):,} records in {produced_for:.1f} s (schedule {args.seconds + 2.0:.1f} s; "

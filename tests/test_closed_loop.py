@@ -22,10 +22,8 @@ from ct_stream.registry import ModelUpdate, sign
 from ct_stream.runtime.models import read_updates
 from ct_stream.topology import load_topology
 from tests.helpers import sine_rows, trained, wait_for
-from tests.test_server import start_server  # noqa: F401 - the fixture
+from tests.test_server import REPO, start_server  # noqa: F401 - start_server: the fixture
 from tests.test_serving import KEY
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_bad_canary_is_rolled_back_on_the_labels_of_its_served_predictions(

@@ -39,7 +39,7 @@ def rows_to_arrow(rows: Sequence[ExampleRow], schema: RecordSchema) -> pa.Record
     first = row_names[0]
     width = 5 + len(names)
     if first is not None and len(first) == len(names) and set(first) == set(names) \
-            and row_names.count(first) == len(rows) and {len(e) for e in entries} == {width} \
+            and row_names.count(first) == len(rows) and set(map(len, entries)) == {width} \
             and (width != 7 or not any(e[5] is _OWN_NAMES for e in entries)):
         cols: list[Any] = list(zip(*entries))
         index = {n: k for k, n in enumerate(first)}
