@@ -369,6 +369,103 @@ def test_batch_timestamp_length_mismatch() -> None:
         decode_labels([label_json(True)], SCHEMA, [])
 
 
+# The columnar check of a batch (decode_events/decode_labels on 16 records or more) must
+# give exactly what decoding record by record gives: the same events, dicts in the same
+# order, the same rejects at the same indices.
+
+WIDE = RecordSchema(features={"x": "float"}, label_type="regression", max_abs_value=1e17)
+BATCH_SCHEMAS = [SCHEMA, MULTI, REGR, WIDE]
+
+
+def _one_by_one(values: list[bytes], decode: Any, schema: RecordSchema) -> tuple[list[Any], list[tuple[int, Reject]]]:
+    out = [decode(v, schema) for v in values]
+    return [r for r in out if type(r) is not Reject], [(i, r) for i, r in enumerate(out) if type(r) is Reject]
+
+
+def _same_as_one_by_one(values: list[bytes], schema: RecordSchema) -> None:
+    for batch_decode, decode in ((decode_events, decode_event), (decode_labels, decode_label)):
+        got, expected = batch_decode(values, schema), _one_by_one(values, decode, schema)
+        assert got == expected
+        if batch_decode is decode_events:  # == does not see dict order
+            assert [list(e.features) for e in got[0]] == [list(e.features) for e in expected[0]]
+        assert [type(v) for e in got[0] for v in vars_of(e)] == [type(v) for e in expected[0] for v in vars_of(e)]
+
+
+def vars_of(record: Event | Label) -> list[Any]:
+    if isinstance(record, Label):
+        return [record.id, record.ts, record.label]
+    return [record.id, record.ts, *record.features.values(), record.served_version, record.prediction]
+
+
+common_numbers = st.floats(-1e3, 1e3) | st.integers(-10**6, 10**6)
+common_features = st.fixed_dictionaries({"price": common_numbers, "qty": st.integers(-10**6, 10**6),
+                                         "member": st.booleans(), "country": st.text(max_size=5),
+                                         "x": common_numbers})
+# records in the forms the columnar check takes (for SCHEMA and the one-feature schemas)
+common_records = st.fixed_dictionaries(
+    {"id": st.sampled_from(["a", "b", "e-1"]), "ts": common_numbers, "features": common_features},
+    optional={"served_version": st.none() | st.integers(0, 5), "prediction": st.none() | st.floats(-1, 1)})
+edge_numbers = st.sampled_from([10**17, 10**17 + 1, -(10**17) - 1, 10**15, 10**15 + 1, 2**63, 2**64 - 1, 1e17, 0.5])
+
+
+@st.composite
+def batches(draw: Any) -> tuple[list[bytes], RecordSchema]:
+    schema = draw(st.sampled_from(BATCH_SCHEMAS))
+    objs = draw(st.lists(common_records, min_size=16, max_size=24))
+    for obj in objs:
+        feats = obj["features"]
+        x = feats.pop("x")
+        if schema is not SCHEMA:
+            obj["features"] = {"x": x}
+        elif draw(st.booleans()):  # another key order
+            obj["features"] = dict(draw(st.permutations(list(feats.items()))))
+    labels = st.booleans() if schema is SCHEMA else st.text(min_size=1, max_size=3) if schema is MULTI \
+        else common_numbers
+    for obj in objs:
+        obj["label"] = draw(labels)
+    if draw(st.booleans()):  # all int ids
+        for k, obj in enumerate(objs):
+            obj["id"] = k
+    for _ in range(draw(st.integers(0, 2))):  # a few records out of the common form
+        k = draw(st.integers(0, len(objs) - 1))
+        objs[k] = draw(near_valid_records | json_records | st.fixed_dictionaries(
+            {"id": st.just("z"), "ts": edge_numbers, "features": st.fixed_dictionaries({"x": edge_numbers}),
+             "label": edge_numbers}))
+    return [orjson.dumps(o) for o in objs], schema
+
+
+@FUZZ
+@given(batches())
+def test_batch_decode_equals_record_by_record(batch: tuple[list[bytes], RecordSchema]) -> None:
+    _same_as_one_by_one(*batch)
+
+
+def test_batch_in_common_form_takes_the_columnar_check() -> None:
+    """The forms the columnar check accepts (else the property test above would only
+    ever compare the per-record path with itself)."""
+    values = [event_json(id=k, ts=1700000000 + k, features={"qty": 2, "price": 0.5, "member": True, "country": "F"},
+                         served_version=k % 2 or None, prediction=0.5, label=bool(k % 2)) for k in range(20)]
+    events = records._events_columnar(values, SCHEMA)
+    assert events is not None and events == decode_events(values[:1], SCHEMA)[0] + decode_events(values[1:15], SCHEMA)[0] \
+        + [decode_event(v, SCHEMA) for v in values[15:]]
+    assert list(events[0].features) == list(SCHEMA.features)  # schema order, whatever the record's order
+    values[3] = event_json(id=3, features={"qty": 2, "price": 3, "member": True, "country": "F"}, label=True)
+    events = records._events_columnar(values, SCHEMA)
+    assert events is not None and type(events[3].features["price"]) is float
+    assert records._labels_columnar(values, SCHEMA) is not None
+    _same_as_one_by_one(values, SCHEMA)
+
+
+@pytest.mark.parametrize("change", [{"ts": "2023-11-14T22:13:20Z"}, {"ts": _DROP}, {"id": ""}, {"prediction": 1},
+                                    {"features": {"price": 1.0, "qty": 1.0, "member": True, "country": "F"}},
+                                    {"features": {"price": 1.0, "qty": 1, "member": True, "country": "F", "y": 1}}])
+def test_batch_with_one_record_out_of_common_form_is_decoded_record_by_record(change: dict[str, Any]) -> None:
+    values = [event_json(id=f"e{k}") for k in range(20)]
+    values[7] = event_json(**{"id": "odd", **change})
+    assert records._events_columnar(values, SCHEMA) is None
+    _same_as_one_by_one(values, SCHEMA)
+
+
 # ----------------------------------------------------------------- encode round trip
 
 def test_encode_event_omits_absent_optionals_and_uses_schema_fields() -> None:
