@@ -231,3 +231,41 @@ def test_the_isolation_probe_is_not_held_up_by_a_killed_joiners_open_transaction
 
     assert isolates is True
     assert _last_stable_offset(bootstrap, state, 0) == 0, "the probe must pass the open transaction, not wait it out"
+
+
+def test_an_idempotent_commit_in_flight_completes_in_order_without_blocking_the_caller(broker):
+    """GroupIO.commit(wait=False) in at-least-once mode returns before the broker has
+    acknowledged anything; advance() finishes it in the procedure's order (outputs,
+    changelog, offsets), and the next commit first completes the one in flight."""
+    from ct_stream.kafka.group import GroupIO
+
+    source, out, state = broker.topic("in"), broker.topic("out"), broker.topic("state")
+    ensure_topics(broker.bootstrap, [TopicSpec(t, 1) for t in (source, out, state)])
+    producer = make_producer(broker.bootstrap)
+    for k in range(10):
+        producer.produce(source, value=f"r{k}".encode())
+    assert producer.flush(30) == 0
+    group = broker.topic("group")
+    io = GroupIO(broker.bootstrap, group, [source], "at_least_once")
+    try:
+        got: list = []
+        wait_for(lambda: got.extend(io.poll(100, timeout=0.2)[0]) or len(got) == 10, timeout=60,
+                 what="the 10 input records")
+        io.produce(out, b"example-1")
+        io.commit({(source, 0): 5}, [(state, 0, b"k1", b"state-1")], wait=False)
+        assert io.in_flight
+        wait_for(io.advance, timeout=30, what="the commit in flight to complete")
+        assert not io.in_flight
+        committed = io.consumer.committed([TopicPartition(source, 0)], timeout=10)[0].offset
+        assert committed == 5
+        io.produce(out, b"example-2")
+        io.commit({(source, 0): 8}, [(state, 0, b"k2", b"state-2")], wait=False)
+        io.commit({(source, 0): 10}, [(state, 0, b"k3", b"state-3")], wait=True)  # completes the earlier first
+        assert not io.in_flight
+        assert io.consumer.committed([TopicPartition(source, 0)], timeout=10)[0].offset == 10
+    finally:
+        io.close()
+    outputs = [m.value() for batch in read_to_end(broker.bootstrap, out, {0: 0}) for m in batch]
+    changes = [(m.key(), m.value()) for batch in read_to_end(broker.bootstrap, state, {0: 0}) for m in batch]
+    assert outputs == [b"example-1", b"example-2"]
+    assert changes == [(b"k1", b"state-1"), (b"k2", b"state-2"), (b"k3", b"state-3")]

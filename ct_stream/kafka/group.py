@@ -29,6 +29,14 @@ death after step 1 or 2 re-reads the micro-batch: its outputs appear again
 offsets, a restart after step 2 restores state that already knows the micro-batch's
 ids, so the joiner treats the re-read records as duplicates and emits nothing twice;
 only a death between steps 1 and 2 duplicates outputs.
+
+The loop's periodic commit does not wait in idempotent mode (``commit(..., wait=False)``):
+it produces the outputs and returns; :meth:`GroupIO.advance`, called on every later
+poll, produces the changelog once every output is acknowledged and commits the offsets
+once the changelog is. The steps and their order are the same, so the table holds;
+the loop joins the next micro-batch meanwhile instead of sleeping in ``flush``. A
+commit first completes the one still in flight, and a rebalance or shutdown commits
+with ``wait=True``.
 """
 
 from __future__ import annotations
@@ -133,6 +141,8 @@ class GroupIO:
             pconf["transactional.id"] = transactional_id
             pconf["transaction.timeout.ms"] = transaction_timeout_ms
         self._delivery_error: str | None = None
+        self._inflight: tuple[list[tuple[str, int, bytes, bytes | None]], dict[tuple[str, int], int]] | None = None
+        self._stage = 0
         self.producer = Producer(pconf)
         if mode == "exactly_once":
             self.producer.init_transactions(60)  # fences an earlier instance with the same id
@@ -243,11 +253,15 @@ class GroupIO:
                 self.produce(topic, value, key, partition)
 
     def commit(self, offsets: Mapping[tuple[str, int], int],
-               changelog: Iterable[tuple[str, int, bytes, bytes | None]]) -> None:
+               changelog: Iterable[tuple[str, int, bytes, bytes | None]], wait: bool = True) -> None:
         """The commit procedure (see the module docstring): outputs, changelog, offsets, commit.
 
         ``offsets`` are the *next* offsets to read per ``(topic, partition)``;
         ``changelog`` yields ``(topic, partition, key, value_or_None)``.
+
+        In idempotent mode with ``wait=False`` the steps that wait for the broker's
+        acknowledgements run later, in :meth:`advance` (the caller goes on with the next
+        micro-batch meanwhile); a commit first completes the one still in flight.
         """
         if self.mode == "exactly_once":
             self._produce_all(changelog)  # step 2 (step 1: the outputs are already in the txn)
@@ -259,12 +273,44 @@ class GroupIO:
             self._raise_delivery_error()
             self.producer.begin_transaction()
             return
-        self._flush()  # step 1
-        self._produce_all(changelog)  # step 2
+        self.advance(wait=True)
+        self._inflight = (list(changelog), dict(offsets))
+        self._stage = 1
+        self.advance(wait=wait)
+
+    @property
+    def in_flight(self) -> bool:
+        """True while an idempotent-mode commit waits for acknowledgements (see :meth:`advance`)."""
+        return self._inflight is not None
+
+    def advance(self, wait: bool = False) -> bool:
+        """Take the idempotent-mode commit in flight as far as the acknowledgements allow:
+        once every output record is acknowledged (step 1), produce the changelog (step
+        2); once that is acknowledged too, commit the offsets (steps 3 + 4). The steps
+        run in that order whatever the timing. ``wait=True`` blocks until it is done.
+        True when no commit is left in flight. Raises
+        :class:`~ct_stream.errors.BrokerError` when a record was not delivered.
+        """
+        if self._inflight is None:
+            return True
+        changelog, offsets = self._inflight
+        if not wait:
+            self.producer.poll(0)  # delivery reports
+            if len(self.producer):  # records not acknowledged yet (this commit's, or later dead letters)
+                self._raise_delivery_error()
+                return False
         self._flush()
-        if offsets:  # steps 3 + 4
+        if self._stage == 1:  # step 1 done: every output is acknowledged
+            self._produce_all(changelog)
+            self._stage = 2
+            if not wait:
+                return False
+            self._flush()
+        if offsets:  # step 2 done: steps 3 + 4
             self.consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
                                  asynchronous=False)
+        self._inflight = None
+        return True
 
     def _flush(self) -> None:
         remaining = self.producer.flush(60)

@@ -183,7 +183,12 @@ class JoinerWorker:
             self._tick(now)
             self._last_tick = now
         if now - self._last_commit >= self.t.join.commit_interval:
-            self.commit()
+            self.commit(wait=False)
+        elif self.io.in_flight:
+            try:
+                self.io.advance()
+            except BrokerError as e:
+                raise _Restart(f"commit failed: {e}") from e
 
     def processed_up_to(self) -> dict[tuple[str, int], int]:
         """The next input offset per ``(topic, partition)`` after the records fed to the join
@@ -348,8 +353,11 @@ class JoinerWorker:
                                   f"message must stay under {_MAX_MESSAGE_BYTES} (lower max_record_bytes)")
 
     # Commit ----------------------------------------------------------------------------
-    def commit(self) -> None:
-        """Write buffered examples and run the commit procedure."""
+    def commit(self, wait: bool = True) -> None:
+        """Write buffered examples and run the commit procedure. With ``wait=False`` (the
+        loop's periodic commit), in at-least-once mode the steps that wait for the
+        broker's acknowledgements finish in later steps (:meth:`GroupIO.advance
+        <ct_stream.kafka.group.GroupIO.advance>`), so the loop goes on joining meanwhile."""
         assert self.io is not None
         started = time.perf_counter()
         t = self.t
@@ -368,7 +376,7 @@ class JoinerWorker:
                                                           joiner.snapshot):
                 changelog.append((t.state_topic, p, key, value))
         try:
-            self.io.commit(dict(self._offsets), changelog)
+            self.io.commit(dict(self._offsets), changelog, wait=wait)
         except Exception as e:  # noqa: BLE001 - any commit failure means: start over from the last commit
             raise _Restart(f"commit failed: {e}") from e
         self._last_commit = self.clock()
