@@ -331,3 +331,17 @@ def test_by_default_deltas_grow_to_four_times_the_state_before_a_snapshot() -> N
     assert 3 * size < written + len(changes) and written < 4 * size + 10
     with pytest.raises(CtStreamError, match="delta_ratio: got 0"):
         ChangelogWriter(0, delta_ratio=0)
+
+
+def test_a_due_snapshot_can_wait_for_a_later_commit_and_the_deltas_still_restore() -> None:
+    w = ChangelogWriter(0, min_entries=3)
+    first = w.records({"a": ["d", "joined", 1.0], "b": ["d", "joined", 2.0]}, 0, lambda: {"x": 1})
+    assert w.snapshot_due(1, 0) and not w.snapshot_due(0, 0)
+    deferred = w.records({"c": ["d", "joined", 3.0]}, 0, lambda: {"unused": 1}, allow_snapshot=False)
+    assert [k for k, _ in deferred] == [b"0|0|d|1"]  # a delta, though a snapshot was due
+    snap = w.records({"d": None}, 0, lambda: {"a": ["d", "joined", 1.0], "c": ["d", "joined", 3.0]})
+    assert (b"0|gen", b'{"gen":1,"chunks":1}') in snap
+    entries, state = read_changelog(0, first + deferred)
+    assert dict(entries) == {"a": ["d", "joined", 1.0], "b": ["d", "joined", 2.0], "c": ["d", "joined", 3.0]}
+    entries, state = read_changelog(0, first + deferred + snap)
+    assert dict(entries) == {"a": ["d", "joined", 1.0], "c": ["d", "joined", 3.0]} and state.generation == 1

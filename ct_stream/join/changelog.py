@@ -124,15 +124,23 @@ class ChangelogWriter:
         self._prefix = f"{partition}|"
         self._per_chunk = 1_000.0  # pairs per chunk, learnt from the bytes per pair seen
 
+    def snapshot_due(self, n_changes: int, joiner_state_size: int) -> bool:
+        """True when a commit of ``n_changes`` changes would write a snapshot (see :meth:`records`)."""
+        return bool(n_changes) and \
+            self.delta_entries + n_changes >= max(self.min_entries, self.delta_ratio * joiner_state_size)
+
     def records(self, changes: dict[str, Any], joiner_state_size: int,
-                snapshot: Callable[[], dict[str, Any]]) -> list[tuple[bytes, bytes | None]]:
+                snapshot: Callable[[], dict[str, Any]], allow_snapshot: bool = True) -> list[tuple[bytes, bytes | None]]:
         """The records for one commit: the delta chunks of ``changes`` (the joiner's
         :meth:`drain_changes`, already taken), or, once the delta entries since the last
         snapshot reach ``max(min_entries, delta_ratio * joiner_state_size)``, a snapshot (``snapshot()``,
-        taken after the drain) with its marker and tombstones. Write them in this order."""
+        taken after the drain) with its marker and tombstones. Write them in this order.
+        ``allow_snapshot=False`` writes deltas even when a snapshot is due (it comes at a
+        later commit): the runtime lets one partition snapshot per commit, so partitions
+        that grow alike do not all pause the same commit."""
         if not changes:
             return []
-        if self.delta_entries + len(changes) >= max(self.min_entries, self.delta_ratio * joiner_state_size):
+        if allow_snapshot and self.snapshot_due(len(changes), joiner_state_size):
             return self._snapshot_records(snapshot())
         out: list[tuple[bytes, bytes | None]] = []
         base = f"{self._prefix}{self.generation}|d|"

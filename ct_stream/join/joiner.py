@@ -1007,15 +1007,14 @@ class PartitionJoiner:
                     s, rank = rank, rank + 1
                 snap[key] = ["e", s, e[2], e[1], features(e), e[3], e[4]] if tag == "e" else \
                     ["l", s, e[2], e[1], e[3]]
-        for i, d in self._done.items():
-            key = "\x00" + i if i[:1] == "\x00" else i
-            if type(d) is not tuple:
-                snap[key] = ["d", _JOINED, d]
-            elif d[2] is None:
-                snap[key] = ["d", d[0], d[1]]
-            else:
-                e = d[2]
-                snap[key] = ["d", d[0], d[1], e[2], features(e), e[3], e[4]]
+        done = self._done
+        if "\x00" in "".join(done):  # some id needs its key escaped: one by one
+            for i, d in done.items():
+                key = "\x00" + i if i[:1] == "\x00" else i
+                snap[key] = _done_value(d)
+        else:  # the common case, mostly joined ids (a float): one comprehension
+            tup, joined = tuple, _JOINED
+            snap.update({i: ["d", joined, d] if type(d) is not tup else _done_value(d) for i, d in done.items()})
         snap[META_KEY] = self._meta_value()
         return snap
 
@@ -1098,6 +1097,16 @@ class PartitionJoiner:
         j._forget_past_horizon(j._wm)  # as the original did at this watermark, unlogged
         j._drained_meta = (j._max_ts, j._idle_wm, j._seq, j._names)
         return j
+
+
+def _done_value(d: float | tuple[Any, ...]) -> list[Any]:
+    """The changelog value of a done entry (a joined event's ts, or ``(state, event_ts, entry)``)."""
+    if type(d) is not tuple:
+        return ["d", _JOINED, d]
+    if d[2] is None:
+        return ["d", d[0], d[1]]
+    e = d[2]
+    return ["d", d[0], d[1], e[2], _feature_state(e), e[3], e[4]]
 
 
 def _feature_state(e: tuple[Any, ...]) -> dict[str, Any] | tuple[Any, ...]:

@@ -371,10 +371,13 @@ class JoinerWorker:
                                 partition=p)
         self._buffers.clear()
         changelog = []
+        snapshots = 0  # at most one partition snapshots per commit (a snapshot is O(state): a pause)
         for p, joiner in self.group.partitions.items():
-            for key, value in self._changelogs[p].records(joiner.drain_changes(), joiner.pending + joiner.remembered,
-                                                          joiner.snapshot):
+            writer, changes, size = self._changelogs[p], joiner.drain_changes(), joiner.pending + joiner.remembered
+            due = writer.snapshot_due(len(changes), size)
+            for key, value in writer.records(changes, size, joiner.snapshot, allow_snapshot=not snapshots):
                 changelog.append((t.state_topic, p, key, value))
+            snapshots += due
         try:
             self.io.commit(dict(self._offsets), changelog, wait=wait)
         except Exception as e:  # noqa: BLE001 - any commit failure means: start over from the last commit
