@@ -174,7 +174,8 @@ class JoinerWorker:
     def step(self) -> None:
         """One poll: decode, order by event time, join, buffer; commit when the interval has passed."""
         assert self.io is not None
-        msgs, at_end = self.io.poll(self.max_batch, timeout=0.1)
+        # a commit in flight finishes at the next polls: do not let an idle input hold it up
+        msgs, at_end = self.io.poll(self.max_batch, timeout=0.01 if self.io.in_flight else 0.1)
         if msgs or at_end:
             self._process(msgs, at_end)
         self._unblock()
