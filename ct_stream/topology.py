@@ -183,7 +183,8 @@ class JoinSpec(_Spec):
     ``max_remembered``: ids per worker kept after they closed (to catch duplicates and
     build corrections, for ``2 * max_label_delay + grace``) before the oldest are
     forgotten early.
-    ``commit_interval``: seconds between transactions (micro-batch commits).
+    ``commit_interval``: seconds between transactions (micro-batch commits) at most: the
+    joiner also commits as soon as a poll finds its input caught up while examples wait.
     """
 
     max_label_delay: Any = "1h"

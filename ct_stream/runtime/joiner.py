@@ -172,7 +172,8 @@ class JoinerWorker:
             self._start_over()
 
     def step(self) -> None:
-        """One poll: decode, order by event time, join, buffer; commit when the interval has passed."""
+        """One poll: decode, order by event time, join, buffer; commit when the interval has
+        passed, or when the poll found the input caught up while examples wait."""
         assert self.io is not None
         # a commit in flight finishes at the next polls: do not let an idle input hold it up
         msgs, at_end = self.io.poll(self.max_batch, timeout=0.01 if self.io.in_flight else 0.1)
@@ -183,7 +184,10 @@ class JoinerWorker:
         if now - self._last_tick >= 1.0:
             self._tick(now)
             self._last_tick = now
-        if now - self._last_commit >= self.t.join.commit_interval:
+        if now - self._last_commit >= self.t.join.commit_interval or (
+                not msgs and not self.io.in_flight and any(self._buffers.values())):
+            # every commit_interval, and as soon as the input is caught up (an empty poll)
+            # while examples wait: a quiet stream's last examples need not wait the interval
             self.commit(wait=False)
         elif self.io.in_flight:
             try:
