@@ -57,7 +57,7 @@ N_FEATURES = 10
 PERIOD = 20.0  # seconds for the true weight vector to turn a full circle
 
 
-def topology_source(name: str, data_dir: str, online_every: str) -> str:
+def topology_source(name: str, data_dir: str, online_every: str, commit_interval: str = "250ms") -> str:
     features = ", ".join(f'"f{i}": "float"' for i in range(N_FEATURES))
     return textwrap.dedent(f"""
         from ct_stream.topology import Topology
@@ -65,7 +65,7 @@ def topology_source(name: str, data_dir: str, online_every: str) -> str:
         topology = Topology(
             name={name!r}, events_topic={name + '.events'!r}, labels_topic={name + '.labels'!r},
             features={{{features}}}, label_type="binary", partitions=3,
-            join={{"max_label_delay": "3s", "grace": "500ms", "commit_interval": "250ms"}},
+            join={{"max_label_delay": "3s", "grace": "500ms", "commit_interval": {commit_interval!r}}},
             retrain={{"every_examples": None, "every_seconds": None, "on_drift": False, "data_dir": {data_dir!r}}},
             publish={{"online_every": {online_every!r}, "artifact_dir": {data_dir!r}}},
         )
@@ -104,12 +104,13 @@ def main() -> int:
     ap.add_argument("--roles", choices=("all", "split"), default="all",
                     help="all: one `ct-stream run --role all` process (default); split: a joiner process and a "
                          "trainer process")
+    ap.add_argument("--commit-interval", default="250ms", help="join.commit_interval of the topology (default 250ms)")
     ap.add_argument("--bootstrap", default=None)
     args = ap.parse_args()
     name = f"fresh-{uuid.uuid4().hex[:6]}"
     work = Path(tempfile.mkdtemp(prefix="ct-fresh-"))
     topo_path = work / "topology.py"
-    topo_path.write_text(topology_source(name, str(work / "data"), args.online_every))
+    topo_path.write_text(topology_source(name, str(work / "data"), args.online_every, args.commit_interval))
     topology = load_topology(topo_path)
     schema = topology.record_schema
 
