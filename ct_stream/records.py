@@ -532,6 +532,19 @@ def _parse_all(values: Sequence[bytes | None], schema: RecordSchema) -> list[dic
     return objs
 
 
+def _parse_common(values: Sequence[bytes | None],
+                  schema: RecordSchema) -> tuple[list[dict[str, Any]], list[str], list[float]] | None:
+    """The parsed objects of a batch with their ids and timestamps, when every record is a
+    JSON object and every id and ts is in its common form (see :func:`_ids_and_ts`); else None."""
+    objs = _parse_all(values, schema)
+    if objs is None:
+        return None
+    got = _ids_and_ts(objs, schema)
+    if got is None:
+        return None
+    return objs, got[0], got[1]
+
+
 def _ids_and_ts(objs: list[dict[str, Any]], schema: RecordSchema) -> tuple[list[str], list[float]] | None:
     """The ids and timestamps of a batch, when every one is in its common form: a
     non-empty string (or every one an integer) and a number; else None."""
@@ -565,13 +578,10 @@ def _events_columnar(values: Sequence[bytes | None], schema: RecordSchema) -> li
     the common form (a number where the schema has one, no missing or extra feature, no
     conversion to make but int to float), and the caller decodes record by record.
     Gives exactly what :func:`decode_event` gives for each record (a property test checks)."""
-    objs = _parse_all(values, schema)
-    if objs is None:
+    parsed = _parse_common(values, schema)
+    if parsed is None:
         return None
-    got = _ids_and_ts(objs, schema)
-    if got is None:
-        return None
-    ids, ts = got
+    objs, ids, ts = parsed
     get = dict.get
     feats = list(map(get, objs, repeat("features")))
     plan = schema._plan
@@ -628,13 +638,10 @@ def _events_columnar(values: Sequence[bytes | None], schema: RecordSchema) -> li
 
 def _labels_columnar(values: Sequence[bytes | None], schema: RecordSchema) -> list[Label] | None:
     """:func:`_events_columnar` for labels: exactly what :func:`decode_label` gives, or None."""
-    objs = _parse_all(values, schema)
-    if objs is None:
+    parsed = _parse_common(values, schema)
+    if parsed is None:
         return None
-    got = _ids_and_ts(objs, schema)
-    if got is None:
-        return None
-    ids, ts = got
+    objs, ids, ts = parsed
     labels = list(map(dict.get, objs, repeat("label")))
     kinds = set(map(type, labels))
     lt = schema.label_type
