@@ -384,7 +384,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     def listening(host: str, port: int) -> None:
         # the start-up heap (modules, the server, the first model) leaves the collector's
-        # view: a full collection of it held the GIL, and so every predict, for ~25 ms here
+        # view: a full collection of it held the GIL, and so every predict, for ~20 ms here
         gc.freeze()
         print(f"serving {topology.name} on http://{host}:{port} (model updates from {topology.models_topic})",
               flush=True)

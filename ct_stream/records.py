@@ -535,19 +535,11 @@ def _parse_all(values: Sequence[bytes | None], schema: RecordSchema) -> list[dic
 def _parse_common(values: Sequence[bytes | None],
                   schema: RecordSchema) -> tuple[list[dict[str, Any]], list[str], list[float]] | None:
     """The parsed objects of a batch with their ids and timestamps, when every record is a
-    JSON object and every id and ts is in its common form (see :func:`_ids_and_ts`); else None."""
+    JSON object, every id a non-empty string (or every one an integer) and every ts a
+    number; else None."""
     objs = _parse_all(values, schema)
     if objs is None:
         return None
-    got = _ids_and_ts(objs, schema)
-    if got is None:
-        return None
-    return objs, got[0], got[1]
-
-
-def _ids_and_ts(objs: list[dict[str, Any]], schema: RecordSchema) -> tuple[list[str], list[float]] | None:
-    """The ids and timestamps of a batch, when every one is in its common form: a
-    non-empty string (or every one an integer) and a number; else None."""
     get = dict.get
     ids = list(map(get, objs, repeat(schema.id_field)))
     kinds = set(map(type, ids))
@@ -565,7 +557,7 @@ def _ids_and_ts(objs: list[dict[str, Any]], schema: RecordSchema) -> tuple[list[
         if not kinds <= {float, int}:
             return None
         ts = list(map(float, ts))
-    return ids, ts
+    return objs, ids, ts
 
 
 def _in_range(values: Sequence[Any], limit: float) -> bool:

@@ -344,6 +344,10 @@ def test_reserved_key_cannot_collide_with_an_id() -> None:
     assert "\x00" + META_KEY in changes and changes[META_KEY]["max_ts"] == 100.0
     r = PartitionJoiner.restore(0, j.spec, changes.items(), clock=FakeClock())
     assert summary(r.process([L(META_KEY, 101.0, 0)])) == [(META_KEY, "joined", True)]
+    snap = r.snapshot()  # the id is done now: its done entry is escaped in a snapshot too
+    assert snap["\x00" + META_KEY][:2] == ["d", "joined"] and "max_ts" in snap[META_KEY]
+    again = PartitionJoiner.restore(0, j.spec, snap.items(), clock=FakeClock())
+    assert summary(again.process([L(META_KEY, 102.0, 1)])) == []  # a duplicate label: already joined
 
 
 @pytest.mark.parametrize("label", ["cat", 2.5])

@@ -934,7 +934,7 @@ class PartitionJoiner:
             elif c not in changed:
                 changed[c] = None  # type: ignore[index]
         changes: dict[str, Any] = {}
-        events, labels, done, features, own = self._events, self._labels, self._done, _feature_state, _OWN_NAMES
+        events, labels, done, own = self._events, self._labels, self._done, _OWN_NAMES
         # ids never collide with META_KEY: one that starts with "\x00" gets another in front
         # (looked for only when some id holds a "\x00" at all)
         escape = "\x00" in "".join(changed)
@@ -950,15 +950,7 @@ class PartitionJoiner:
                 changes[key] = ["l", created, e[2], e[1], e[3]]
                 continue
             d = done.get(i)
-            if d is None:
-                changes[key] = None
-            elif type(d) is not tuple:
-                changes[key] = ["d", _JOINED, d]
-            elif d[2] is None:
-                changes[key] = ["d", d[0], d[1]]
-            else:
-                e = d[2]
-                changes[key] = ["d", d[0], d[1], e[2], features(e), e[3], e[4]]
+            changes[key] = None if d is None else ["d", _JOINED, d] if type(d) is not tup else _done_value(d)
         self._log = []
         self._log_seq = self._seq
         meta = (self._max_ts, self._idle_wm, self._seq, self._names)
@@ -1007,14 +999,10 @@ class PartitionJoiner:
                     s, rank = rank, rank + 1
                 snap[key] = ["e", s, e[2], e[1], features(e), e[3], e[4]] if tag == "e" else \
                     ["l", s, e[2], e[1], e[3]]
-        done = self._done
-        if "\x00" in "".join(done):  # some id needs its key escaped: one by one
-            for i, d in done.items():
-                key = "\x00" + i if i[:1] == "\x00" else i
-                snap[key] = _done_value(d)
-        else:  # the common case, mostly joined ids (a float): one comprehension
-            tup, joined = tuple, _JOINED
-            snap.update({i: ["d", joined, d] if type(d) is not tup else _done_value(d) for i, d in done.items()})
+        done, tup, joined = self._done, tuple, _JOINED
+        escape = "\x00" in "".join(done)  # as in drain_changes
+        snap.update({("\x00" + i if escape and i[:1] == "\x00" else i): ["d", joined, d] if type(d) is not tup
+                     else _done_value(d) for i, d in done.items()})
         snap[META_KEY] = self._meta_value()
         return snap
 

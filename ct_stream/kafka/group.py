@@ -141,8 +141,10 @@ class GroupIO:
             pconf["transactional.id"] = transactional_id
             pconf["transaction.timeout.ms"] = transaction_timeout_ms
         self._delivery_error: str | None = None
-        self._inflight: tuple[list[tuple[str, int, bytes, bytes | None]], dict[tuple[str, int], int]] | None = None
-        self._stage = 0
+        # the idempotent-mode commit in flight: (changelog still to produce, or None once
+        # produced; offsets to commit)
+        self._inflight: tuple[list[tuple[str, int, bytes, bytes | None]] | None,
+                              dict[tuple[str, int], int]] | None = None
         self.producer = Producer(pconf)
         if mode == "exactly_once":
             self.producer.init_transactions(60)  # fences an earlier instance with the same id
@@ -275,7 +277,6 @@ class GroupIO:
             return
         self.advance(wait=True)
         self._inflight = (list(changelog), dict(offsets))
-        self._stage = 1
         self.advance(wait=wait)
 
     @property
@@ -300,9 +301,9 @@ class GroupIO:
                 self._raise_delivery_error()
                 return False
         self._flush()
-        if self._stage == 1:  # step 1 done: every output is acknowledged
+        if changelog is not None:  # step 1 done: every output is acknowledged
             self._produce_all(changelog)
-            self._stage = 2
+            self._inflight = (None, offsets)
             if not wait:
                 return False
             self._flush()

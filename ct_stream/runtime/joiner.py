@@ -190,10 +190,7 @@ class JoinerWorker:
             # while examples wait: a quiet stream's last examples need not wait the interval
             self.commit(wait=False)
         elif self.io.in_flight:
-            try:
-                self.io.advance()
-            except BrokerError as e:
-                raise _Restart(f"commit failed: {e}") from e
+            self.io.advance()  # a BrokerError starts over from the last commit (tick)
 
     def processed_up_to(self) -> dict[tuple[str, int], int]:
         """The next input offset per ``(topic, partition)`` after the records fed to the join
@@ -376,13 +373,13 @@ class JoinerWorker:
                                 partition=p)
         self._buffers.clear()
         changelog = []
-        snapshots = 0  # at most one partition snapshots per commit (a snapshot is O(state): a pause)
+        snapshotted = False  # at most one partition snapshots per commit (a snapshot is O(state): a pause)
         for p, joiner in self.group.partitions.items():
-            writer, changes, size = self._changelogs[p], joiner.drain_changes(), joiner.pending + joiner.remembered
-            due = writer.snapshot_due(len(changes), size)
-            for key, value in writer.records(changes, size, joiner.snapshot, allow_snapshot=not snapshots):
+            writer, generation = self._changelogs[p], self._changelogs[p].generation
+            for key, value in writer.records(joiner.drain_changes(), joiner.pending + joiner.remembered,
+                                             joiner.snapshot, allow_snapshot=not snapshotted):
                 changelog.append((t.state_topic, p, key, value))
-            snapshots += due
+            snapshotted = snapshotted or writer.generation != generation  # a snapshot starts a generation
         try:
             self.io.commit(dict(self._offsets), changelog, wait=wait)
         except Exception as e:  # noqa: BLE001 - any commit failure means: start over from the last commit
