@@ -436,8 +436,12 @@ def _cmd_models(args: argparse.Namespace) -> int:
         return 2
     entry = found[-1]
     shown = entry.update.to_dict()  # type: ignore[union-attr]
-    if shown["artifact"]["inline"] is not None:
-        shown["artifact"]["inline"] = f"<{len(entry.update.artifact_inline or b'')} bytes inline>"  # type: ignore[union-attr]
+    update = entry.update
+    assert update is not None
+    for field, inline in (("artifact", update.artifact_inline),
+                          ("champion_artifact", update.champion_artifact and update.champion_artifact.inline)):
+        if inline is not None:
+            shown[field]["inline"] = f"<{len(inline)} bytes inline>"
     shown["verified"] = entry.problem is None and entry.signature_checked
     if entry.problem is not None:
         shown["problem"] = entry.problem

@@ -16,7 +16,7 @@ from ct_stream.kafka.clients import TopicSpec, ensure_topics
 from ct_stream.kafka.trainer_io import ModelPublisher, read_topic
 from ct_stream.learn.online import make_learner
 from ct_stream.records import examples_to_batch
-from ct_stream.registry import ModelUpdate, sign, verify
+from ct_stream.registry import ArtifactRef, ModelUpdate, sign, verify
 from ct_stream.topology import load_topology
 
 KEY = b"models-cli-key"
@@ -30,8 +30,9 @@ def cli(*args: str, key: bytes | None = KEY) -> subprocess.CompletedProcess[str]
                           timeout=120, env=env)
 
 
-def test_list_show_and_rollback(broker: Any, tmp_path: Path) -> None:
-    name = broker.topic("models")
+def topology_file(broker: Any, tmp_path: Path, prefix: str) -> tuple[Path, Any]:
+    """A topology file with a fresh name, and its promotion topic (compacted) created."""
+    name = broker.topic(prefix)
     path = tmp_path / "topology.py"
     path.write_text(textwrap.dedent(f"""
         from ct_stream.topology import Topology
@@ -40,6 +41,11 @@ def test_list_show_and_rollback(broker: Any, tmp_path: Path) -> None:
     """))
     t = load_topology(path)
     ensure_topics(broker.bootstrap, [TopicSpec(t.models_topic, 1, 1, {"cleanup.policy": "compact"})])
+    return path, t
+
+
+def test_list_show_and_rollback(broker: Any, tmp_path: Path) -> None:
+    path, t = topology_file(broker, tmp_path, "models")
     publisher = ModelPublisher(broker.bootstrap, t.models_topic)
     shas = {}
     for version, rows in ((1, 50), (2, 200)):
@@ -86,3 +92,27 @@ def test_list_show_and_rollback(broker: Any, tmp_path: Path) -> None:
     assert v3.metrics["rolled_back_from"] == 2 and v3.metrics["reason"] == "manual"
     unsigned = cli("rollback", str(path), "--to", "1", *boot, key=None)
     assert unsigned.returncode == 2 and "CT_STREAM_SIGNING_KEY" in unsigned.stderr
+
+
+def test_rollback_to_the_champion_a_canary_carries_after_compaction(broker: Any, tmp_path: Path) -> None:
+    """Compaction left only the canary v3 (champion v2's update is gone): `show` abbreviates
+    the champion's inline artifact, and `rollback --to 2` restores it from the canary."""
+    path, t = topology_file(broker, tmp_path, "models-compacted")
+    fmt, champion = make_learner(t).artifact()
+    sha = hashlib.sha256(champion).hexdigest()
+    other = champion + b" "  # the canary's own artifact: other bytes, another sha256
+    canary = ModelUpdate(name=t.model_name, version=3, parent_version=2, action="canary", created_at=1.7e9,
+                         artifact_format=fmt, artifact_sha256=hashlib.sha256(other).hexdigest(),
+                         artifact_inline=other, champion_artifact=ArtifactRef(fmt, sha, champion))
+    publisher = ModelPublisher(broker.bootstrap, t.models_topic)
+    publisher.publish(t.model_name.encode(), sign(canary, KEY))
+    publisher.close()
+    boot = ("--bootstrap", broker.bootstrap)
+    shown = cli("show", str(path), "3", *boot)
+    assert shown.returncode == 0, shown.stderr
+    body = orjson.loads(shown.stdout)
+    assert body["champion_artifact"]["inline"] == f"<{len(champion)} bytes inline>" and body["verified"] is True
+    done = cli("rollback", str(path), "--to", "2", *boot)
+    assert done.returncode == 0, done.stderr
+    v4 = verify([v for _, v, _, _ in read_topic(broker.bootstrap, t.models_topic)][-1], KEY)
+    assert (v4.version, v4.action, v4.parent_version, v4.artifact_sha256) == (4, "rollback", 2, sha)

@@ -13,7 +13,7 @@ import pytest
 from ct_stream.errors import InputError, RegistryError, VerificationError
 from ct_stream.gate import GateConfig, evaluate
 from ct_stream.learn.linear import BatchLogisticRegression
-from ct_stream.registry import (ModelUpdate, check_successor, encode_unsigned, load_artifact,
+from ct_stream.registry import (ArtifactRef, ModelUpdate, champion_artifact_bytes, champion_update, check_successor, encode_unsigned, load_artifact,
                                 make_artifact, path_from_uri, sign, signed_bytes, store_artifact,
                                 verify, verify_with_artifact)
 
@@ -68,6 +68,49 @@ def test_file_round_trip(tmp_path):
     u = update(artifact_inline=None, artifact_uri=uri, artifact_sha256=sha)
     got, data = verify_with_artifact(sign(u, KEY), KEY)
     assert got == u and data == ART
+
+
+def test_a_canary_carries_its_champions_artifact_under_the_signature(tmp_path):
+    champ = b'{"kind":"champion"}'
+    sha = hashlib.sha256(champ).hexdigest()
+    ref = ArtifactRef("ct_stream.linear/1", sha, inline=champ)
+    u = update(action="canary", champion_artifact=ref)
+    value = sign(u, KEY)
+    got = verify(value, KEY)
+    assert got == u and got.champion_artifact == ref
+    assert champion_artifact_bytes(got) == champ
+    c = champion_update(got)
+    assert (c.version, c.action, c.artifact_sha256, c.artifact_inline) == (2, "promote", sha, champ)
+    # the signature covers it: another champion under the same signature is refused
+    msg = orjson.loads(value)
+    msg["champion_artifact"]["sha256"] = "0" * 64
+    with pytest.raises(VerificationError) as e:
+        verify(orjson.dumps(msg), KEY)
+    assert reason(e) == "bad_signature"
+    # bytes that do not match the signed sha256, and a file that is gone
+    forged = update(action="canary", champion_artifact=ArtifactRef("ct_stream.linear/1", "0" * 64, inline=champ))
+    with pytest.raises(VerificationError) as e:
+        champion_artifact_bytes(verify(sign(forged, KEY), KEY))
+    assert reason(e) == "bad_hash"
+    gone = ArtifactRef("ct_stream.linear/1", sha, uri=f"file://{tmp_path}/gone.json")
+    with pytest.raises(VerificationError) as e:
+        champion_artifact_bytes(verify(sign(update(action="canary", champion_artifact=gone), KEY), KEY))
+    assert reason(e) == "missing_artifact"
+
+
+def test_champion_artifact_only_on_a_canary_and_absent_when_unset():
+    ref = ArtifactRef("ct_stream.linear/1", "0" * 64, uri="file:///m.json")
+    with pytest.raises(RegistryError, match="champion_artifact: got 'promote'; allowed: only on a canary"):
+        update(champion_artifact=ref)
+    with pytest.raises(RegistryError, match="champion_artifact.sha256"):
+        ArtifactRef("ct_stream.linear/1", "xyz", uri="file:///m.json")
+    with pytest.raises(RegistryError, match="exactly one of champion_artifact.inline and champion_artifact.uri"):
+        ArtifactRef("ct_stream.linear/1", "0" * 64)
+    # unset, the field is not in the message: messages signed before it existed still verify
+    msg = orjson.loads(sign(update(action="canary"), KEY))
+    assert "champion_artifact" not in msg
+    with pytest.raises(RegistryError, match="champion_artifact: got None"):
+        champion_update(verify(sign(update(action="canary"), KEY), KEY))
 
 
 def test_injected_reader_is_used():

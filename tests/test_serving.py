@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -16,7 +17,7 @@ from ct_stream.errors import LearnError, ServingError
 from ct_stream.kafka.clients import TopicSpec, ensure_topics
 from ct_stream.kafka.trainer_io import ModelPublisher
 from ct_stream.learn.online import OnlineLearner, make_learner
-from ct_stream.registry import ModelUpdate, encode_unsigned, sign, store_artifact
+from ct_stream.registry import ArtifactRef, ModelUpdate, encode_unsigned, sign, store_artifact
 from ct_stream.serving import ModelSubscriber, Prediction, canary_point, route_for
 from tests.helpers import batch_of, trained, wait_for
 
@@ -263,6 +264,41 @@ def test_rollback_restores_the_older_model_and_a_restart_loads_the_latest(broker
     sub.close()
     with pytest.raises(ServingError, match="closed"):
         sub.predict(PROBE[0])
+
+
+def test_a_node_started_after_compaction_gets_the_champion_the_canary_carries(
+        broker: Any, tmp_path: Path, subscribers: list) -> None:
+    """Compaction keeps one update per model: once a canary is published, a node that
+    starts later may find only the canary on the topic. The canary carries its champion's
+    artifact (signed with it), so the node serves champion and canary as the others do."""
+    t = topology(broker.topic("compacted"), canary_fraction=0.5)
+    a, b = trained(t, 0, seed=1), trained(t, 1, seed=2)
+    models = Models(broker, t, tmp_path)
+    champion = models.update(a, 1, None)
+    ref = ArtifactRef(champion.artifact_format, champion.artifact_sha256, champion.artifact_inline)
+    models.send(sign(replace(models.update(b, 2, 1, action="canary"), champion_artifact=ref), KEY))
+    sub = subscribe(subscribers, broker, t)
+    assert sub.wait_for_version(2, 30)
+    assert (sub.current_version, sub.canary_version) == (1, 2)
+    assert answers(sub) == expected(a)  # no key: the champion
+    keyed = [sub.predict(PROBE[0], key=f"k{i}") for i in range(200)]
+    assert {p.version for p in keyed} == {1, 2}
+    assert dict(sub.rejected) == {}
+
+    # a champion artifact in a file that is gone: the whole update is rejected, nothing served
+    t2 = topology(broker.topic("compacted-missing"))
+    models2 = Models(broker, t2, tmp_path / "2")
+    in_file = models2.update(a, 1, None, in_file="gone")
+    ref = ArtifactRef(in_file.artifact_format, in_file.artifact_sha256, uri=in_file.artifact_uri)
+    Path(in_file.artifact_uri.removeprefix("file://")).unlink()  # type: ignore[union-attr]
+    models2.send(sign(replace(models2.update(b, 2, 1, action="canary"), champion_artifact=ref), KEY))
+    models2.publish(b, 3, 1)  # a later promote still loads
+    sub2 = subscribe(subscribers, broker, t2)
+    assert sub2.wait_for_version(3, 30)
+    assert dict(sub2.rejected) == {"missing_artifact": 1}
+    assert (sub2.current_version, sub2.canary_version) == (3, None)
+    models.close()
+    models2.close()
 
 
 def test_before_the_first_model_predict_says_why(broker: Any, tmp_path: Path, subscribers: list) -> None:

@@ -16,7 +16,8 @@ from ct_stream.kafka.clients import DeliveryTracker, make_producer, produce_retr
 from ct_stream.kafka.trainer_io import ModelPublisher, read_topic
 from ct_stream.learn.online import learner_from_artifact, make_learner
 from ct_stream.records import encode_examples, examples_to_batch
-from ct_stream.registry import ModelUpdate, sign, store_artifact, verify, verify_with_artifact
+from ct_stream.registry import (ArtifactRef, ModelUpdate, path_from_uri, sign, store_artifact, verify,
+                                verify_with_artifact)
 from ct_stream.runtime.trainer import TrainerWorker
 from ct_stream.topology import Topology
 from tests.helpers import batch_of, sine_rows, trained
@@ -382,12 +383,15 @@ def test_examples_written_twice_are_learned_once(broker: Any, tmp_path: Path) ->
     assert again.learned == 601 and again.duplicates == 200 + 1 + 100
 
 
-@pytest.mark.parametrize("canary_is_good", [False, True])
-def test_canary_is_promoted_or_rolled_back_on_live_labels(broker: Any, tmp_path: Path, canary_is_good: bool) -> None:
+@pytest.mark.parametrize(("canary_is_good", "compacted"), [(False, False), (True, False), (False, True)])
+def test_canary_is_promoted_or_rolled_back_on_live_labels(broker: Any, tmp_path: Path, canary_is_good: bool,
+                                                          compacted: bool) -> None:
     """With ``serving.rollout="canary"`` the trainer watches the served predictions of a
     canary and its champion (examples carry ``served_version`` and ``prediction``, as
     serving nodes log them): a canary that serves a flipped concept is rolled back, a
-    good one promoted, once both have ``canary_min_labels`` labelled examples."""
+    good one promoted, once both have ``canary_min_labels`` labelled examples.
+    ``compacted``: the topic holds only the canary (compaction removed the champion's
+    update); the trainer restarts from the champion artifact the canary carries."""
     import hashlib
 
     t = topology(broker.topic("canary"), tmp_path, serving={"rollout": "canary", "canary_min_labels": 300})
@@ -399,18 +403,27 @@ def test_canary_is_promoted_or_rolled_back_on_live_labels(broker: Any, tmp_path:
     ensure_topics(broker.bootstrap, [TopicSpec(t.models_topic, 1, 1, {"cleanup.policy": "compact"})])
     publisher = ModelPublisher(broker.bootstrap, t.models_topic)
     shas = {}
+    ref = None
     for version, learner, action in ((1, champion, "promote"), (2, canary, "canary")):
         fmt, data = learner.artifact()
         shas[version] = hashlib.sha256(data).hexdigest()
         update = ModelUpdate(name=t.model_name, version=version, parent_version=1 if version == 2 else None,
                              action=action, created_at=1.0, artifact_format=fmt, artifact_sha256=shas[version],
-                             artifact_inline=data)
-        publisher.publish(t.model_name.encode(), sign(update, KEY))
+                             artifact_inline=data, champion_artifact=ref)
+        ref = ArtifactRef(fmt, shas[version], data)  # the canary carries its champion
+        if not (compacted and version == 1):
+            publisher.publish(t.model_name.encode(), sign(update, KEY))
     publisher.close()
     registry = CollectorRegistry()
     worker = TrainerWorker(t, broker.bootstrap, signing_key=KEY, registry=registry)
     worker.setup()
     assert worker.champion_version == 1 and worker.canary is not None and worker.canary.version == 2
+    assert worker.champion_update is not None and worker.champion_update.artifact_sha256 == shas[1]
+    # a canary this trainer publishes carries the champion: inline while both fit, else in a file
+    assert worker._champion_ref(9, None) == ArtifactRef(fmt, shas[1], champion.artifact()[1])
+    big = worker._champion_ref(9, b"x" * (t.publish.inline_max_bytes - 100))
+    assert big is not None and big.inline is None and big.sha256 == shas[1]
+    assert hashlib.sha256(Path(path_from_uri(big.uri)).read_bytes()).hexdigest() == shas[1]  # type: ignore[arg-type]
     # serving nodes' logged predictions, joined with their labels: half the keys on each version
     live = sine_rows(0, 23, 1000)
     rows = []

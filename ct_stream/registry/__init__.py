@@ -14,14 +14,16 @@ True
 from ct_stream.errors import RegistryError, VerificationError
 from ct_stream.registry.artifact import (INLINE_LIMIT, LINEAR_FORMAT, inline_size, load_artifact,
                                          make_artifact, store_artifact)
-from ct_stream.registry.message import (ACTIONS, FORMATS, MESSAGE_KIND, Action, ArtifactFormat,
-                                        ModelUpdate, champion_version, check_successor, decode,
+from ct_stream.registry.message import (ACTIONS, FORMATS, MESSAGE_KIND, Action, ArtifactFormat, ArtifactRef,
+                                        ModelUpdate, champion_artifact_bytes, champion_update,
+                                        champion_version, check_successor, decode,
                                         encode_unsigned, path_from_uri, read_artifact_file, sign,
                                         signed_bytes, verify, verify_with_artifact)
 
 __all__ = [
     "ACTIONS", "FORMATS", "INLINE_LIMIT", "LINEAR_FORMAT", "MESSAGE_KIND", "Action",
-    "ArtifactFormat", "ModelUpdate", "RegistryError", "VerificationError", "champion_version",
+    "ArtifactFormat", "ArtifactRef", "ModelUpdate", "RegistryError", "VerificationError",
+    "champion_artifact_bytes", "champion_update", "champion_version",
     "check_successor", "decode", "encode_unsigned", "inline_size", "load_artifact",
     "make_artifact", "path_from_uri", "read_artifact_file", "sign", "signed_bytes",
     "store_artifact", "verify", "verify_with_artifact",

@@ -39,9 +39,10 @@ import orjson
 from ct_stream.errors import RegistryError, VerificationError
 
 __all__ = [
-    "ACTIONS", "FORMATS", "MESSAGE_KIND", "Action", "ArtifactFormat", "ModelUpdate",
-    "check_successor", "champion_version", "decode", "encode_unsigned", "path_from_uri",
-    "read_artifact_file", "sign", "signed_bytes", "verify", "verify_with_artifact",
+    "ACTIONS", "FORMATS", "MESSAGE_KIND", "Action", "ArtifactFormat", "ArtifactRef", "ModelUpdate",
+    "champion_artifact_bytes", "champion_update", "check_successor", "champion_version", "decode",
+    "encode_unsigned", "path_from_uri", "read_artifact_file", "sign", "signed_bytes", "verify",
+    "verify_with_artifact",
 ]
 
 Action = Literal["promote", "canary", "rollback"]
@@ -56,6 +57,8 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 _TOP_KEYS = frozenset({"kind", "name", "version", "parent_version", "action", "created_at",
                        "artifact", "metrics", "gate_report", "lineage", "topology_hash",
                        "package_version", "signature"})
+# Optional: present only when set, so a message without it signs the same bytes as before.
+_OPTIONAL_KEYS = frozenset({"champion_artifact"})
 _ARTIFACT_KEYS = frozenset({"format", "sha256", "inline", "uri"})
 _LINEAGE_KEYS = frozenset({"examples_offsets", "snapshot"})
 _SNAPSHOT_KEYS = frozenset({"path", "sha256"})
@@ -140,6 +143,45 @@ def _check_lineage(lineage: Any) -> dict[str, Any]:
     return {"examples_offsets": dict(sorted(clean.items())), "snapshot": snap}
 
 
+def _check_artifact(prefix: str, fmt: Any, sha256: Any, inline: Any, uri: Any) -> bytes | None:
+    """Check an artifact's fields (``prefix`` + ``format``, ``sha256``, ``inline``, ``uri`` in
+    errors); return the inline bytes as ``bytes`` (``None`` for a URI)."""
+    if fmt not in FORMATS:
+        raise RegistryError(f"{prefix}format", fmt, " | ".join(FORMATS))
+    _check_sha(f"{prefix}sha256", sha256)
+    if (inline is None) == (uri is None):
+        raise RegistryError(prefix.rstrip("_."), (inline is not None, uri),
+                            f"exactly one of {prefix}inline and {prefix}uri")
+    if inline is None:
+        path_from_uri(uri)
+        return None
+    if not isinstance(inline, (bytes, bytearray, memoryview)):
+        raise RegistryError(f"{prefix}inline", type(inline).__name__, "bytes")
+    return bytes(inline)
+
+
+@dataclass(frozen=True)
+class ArtifactRef:
+    """An artifact a message names besides its own: its format, sha256, and either its
+    bytes (``inline``) or a ``file://`` URI (a canary's ``champion_artifact``). Invalid
+    fields raise :class:`~ct_stream.errors.RegistryError`."""
+
+    format: ArtifactFormat
+    sha256: str
+    inline: bytes | None = None
+    uri: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "inline", _check_artifact("champion_artifact.", self.format, self.sha256,
+                                                           self.inline, self.uri))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (inline bytes as base64), as the message's ``artifact`` field."""
+        inline = self.inline
+        return {"format": self.format, "sha256": self.sha256,
+                "inline": None if inline is None else base64.b64encode(inline).decode("ascii"), "uri": self.uri}
+
+
 @dataclass(frozen=True)
 class ModelUpdate:
     """One model version announced on the ``<name>.models`` topic.
@@ -150,6 +192,11 @@ class ModelUpdate:
     {"path": str, "sha256": hex}}``. ``metrics`` and ``gate_report`` (``GateReport.to_dict()``)
     must be JSON values (finite floats; tuples become lists). Invalid fields raise
     :class:`~ct_stream.errors.RegistryError`.
+
+    ``champion_artifact`` (a ``canary`` only): the artifact of the champion the canary
+    runs beside (version ``parent_version``). The topic is compacted by model name, so
+    once a canary is published the champion's own update may be gone; with this a node
+    or trainer that starts then still gets both (:func:`champion_update`).
 
     >>> ModelUpdate(name="m", version=1, parent_version=None, action="promote", created_at=0.0,
     ...             artifact_format="ct_stream.linear/1", artifact_sha256="0" * 64,
@@ -172,6 +219,7 @@ class ModelUpdate:
         default_factory=lambda: {"examples_offsets": {}, "snapshot": None})
     topology_hash: str | None = None
     package_version: str | None = None
+    champion_artifact: ArtifactRef | None = None
 
     def __post_init__(self) -> None:
         if not (isinstance(self.name, str) and self.name):
@@ -188,18 +236,8 @@ class ModelUpdate:
                 or not math.isfinite(self.created_at):
             raise RegistryError("created_at", self.created_at, "a finite number (seconds since epoch)")
         object.__setattr__(self, "created_at", float(self.created_at))
-        if self.artifact_format not in FORMATS:
-            raise RegistryError("artifact_format", self.artifact_format, " | ".join(FORMATS))
-        _check_sha("artifact_sha256", self.artifact_sha256)
-        if (self.artifact_inline is None) == (self.artifact_uri is None):
-            raise RegistryError("artifact", (self.artifact_inline is not None, self.artifact_uri),
-                                "exactly one of artifact_inline and artifact_uri")
-        if self.artifact_inline is not None:
-            if not isinstance(self.artifact_inline, (bytes, bytearray, memoryview)):
-                raise RegistryError("artifact_inline", type(self.artifact_inline).__name__, "bytes")
-            object.__setattr__(self, "artifact_inline", bytes(self.artifact_inline))
-        else:
-            path_from_uri(self.artifact_uri)  # type: ignore[arg-type]
+        object.__setattr__(self, "artifact_inline", _check_artifact(
+            "artifact_", self.artifact_format, self.artifact_sha256, self.artifact_inline, self.artifact_uri))
         if not isinstance(self.metrics, dict):
             raise RegistryError("metrics", self.metrics, "a dict")
         object.__setattr__(self, "metrics", _json_value("metrics", self.metrics))
@@ -212,11 +250,19 @@ class ModelUpdate:
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 raise RegistryError(name, value, "None or a string")
+        if self.champion_artifact is not None:
+            if not isinstance(self.champion_artifact, ArtifactRef):
+                raise RegistryError("champion_artifact", type(self.champion_artifact).__name__,
+                                    "None or an ArtifactRef")
+            if self.action != "canary" or self.parent_version is None:
+                raise RegistryError("champion_artifact", self.action,
+                                    "only on a canary with a parent_version (the champion it runs beside)")
 
     def to_dict(self, signature: str | None = None) -> dict[str, Any]:
-        """The message as a JSON-able dict (inline artifact base64, partitions as strings)."""
+        """The message as a JSON-able dict (inline artifact base64, partitions as strings;
+        ``champion_artifact`` only when set)."""
         inline = self.artifact_inline
-        return {
+        message = {
             "kind": MESSAGE_KIND,
             "name": self.name,
             "version": self.version,
@@ -239,6 +285,9 @@ class ModelUpdate:
             "package_version": self.package_version,
             "signature": signature,
         }
+        if self.champion_artifact is not None:
+            message["champion_artifact"] = self.champion_artifact.to_dict()
+        return message
 
 
 def _canonical(message: dict[str, Any]) -> bytes:
@@ -302,23 +351,22 @@ def decode(value: bytes) -> tuple[ModelUpdate, str | None]:
         raise _malformed(f"top level is {type(msg).__name__}, not an object")
     if msg.get("kind") != MESSAGE_KIND:
         raise _malformed(f"kind is {msg.get('kind')!r}, not {MESSAGE_KIND!r}")
-    if set(msg) != _TOP_KEYS:
+    if set(msg) - _OPTIONAL_KEYS != _TOP_KEYS:
         raise _malformed(f"fields missing {sorted(_TOP_KEYS - set(msg))}, "
-                         f"unknown {sorted(set(msg) - _TOP_KEYS)}")
+                         f"unknown {sorted(set(msg) - _TOP_KEYS - _OPTIONAL_KEYS)}")
     signature = msg["signature"]
     if signature is not None and not (isinstance(signature, str) and _HEX64.fullmatch(signature)):
         raise _malformed("signature is not None or 64 lowercase hex digits")
     art = msg["artifact"]
-    if not isinstance(art, dict) or set(art) != _ARTIFACT_KEYS:
-        raise _malformed(f"artifact must be an object with exactly {sorted(_ARTIFACT_KEYS)}")
-    inline = art["inline"]
-    if inline is not None:
-        if not isinstance(inline, str):
-            raise _malformed("artifact.inline is not a base64 string")
+    inline = _decode_artifact("artifact", art)
+    champion = None
+    if "champion_artifact" in msg:
+        c = msg["champion_artifact"]
+        c_inline = _decode_artifact("champion_artifact", c)
         try:
-            inline = base64.b64decode(inline, validate=True)
-        except (binascii.Error, ValueError):
-            raise _malformed("artifact.inline is not valid base64") from None
+            champion = ArtifactRef(c["format"], c["sha256"], c_inline, c["uri"])
+        except RegistryError as e:
+            raise _malformed(str(e)) from None
     lineage = msg["lineage"]
     if isinstance(lineage, dict) and isinstance(lineage.get("examples_offsets"), dict):
         offsets = {}
@@ -333,12 +381,50 @@ def decode(value: bytes) -> tuple[ModelUpdate, str | None]:
             action=msg["action"], created_at=msg["created_at"], artifact_format=art["format"],
             artifact_sha256=art["sha256"], artifact_inline=inline, artifact_uri=art["uri"],
             metrics=msg["metrics"], gate_report=msg["gate_report"], lineage=lineage,
-            topology_hash=msg["topology_hash"], package_version=msg["package_version"])
+            topology_hash=msg["topology_hash"], package_version=msg["package_version"],
+            champion_artifact=champion)
     except RegistryError as e:
         raise _malformed(str(e)) from None
     if type(msg["created_at"]) is not float:
         raise _malformed("created_at is not a float")  # keeps the canonical form unique
     return update, signature
+
+
+def _decode_artifact(what: str, art: Any) -> bytes | None:
+    """Check the shape of an ``artifact`` object; return its inline bytes (``None`` for a URI)."""
+    if not isinstance(art, dict) or set(art) != _ARTIFACT_KEYS:
+        raise _malformed(f"{what} must be an object with exactly {sorted(_ARTIFACT_KEYS)}")
+    inline = art["inline"]
+    if inline is not None:
+        if not isinstance(inline, str):
+            raise _malformed(f"{what}.inline is not a base64 string")
+        try:
+            inline = base64.b64decode(inline, validate=True)
+        except (binascii.Error, ValueError):
+            raise _malformed(f"{what}.inline is not valid base64") from None
+    return inline  # type: ignore[no-any-return]
+
+
+def _artifact_bytes(inline: bytes | None, uri: str | None, sha256: str,
+                    read_file: Callable[[str], bytes]) -> bytes:
+    """The artifact's bytes, inline or read from its ``file://`` URI, checked against ``sha256``
+    (``missing_artifact`` when the file cannot be read, ``bad_hash`` when the digest differs)."""
+    if inline is not None:
+        data = inline
+    else:
+        path = path_from_uri(uri)  # type: ignore[arg-type]
+        try:
+            data = read_file(path)
+        except OSError as e:
+            raise VerificationError("missing_artifact", f"{path}: {e.strerror or e}") from None
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise VerificationError("missing_artifact", f"{path}: reader returned "
+                                    f"{type(data).__name__}, not bytes")
+        data = bytes(data)
+    digest = hashlib.sha256(data).hexdigest()
+    if not hmac.compare_digest(digest, sha256):
+        raise VerificationError("bad_hash", f"artifact sha256 {digest}, message says {sha256}")
+    return data
 
 
 def verify_with_artifact(value: bytes, key: bytes | None, *, insecure: bool = False,
@@ -369,23 +455,40 @@ def verify_with_artifact(value: bytes, key: bytes | None, *, insecure: bool = Fa
         expected = _hmac(key, signed_bytes(update.to_dict()))  # what is returned is what is signed
         if not hmac.compare_digest(expected, signature):
             raise VerificationError("bad_signature", "the HMAC-SHA256 does not match the key")
-    if update.artifact_inline is not None:
-        data = update.artifact_inline
-    else:
-        path = path_from_uri(update.artifact_uri)  # type: ignore[arg-type]
-        try:
-            data = read_file(path)
-        except OSError as e:
-            raise VerificationError("missing_artifact", f"{path}: {e.strerror or e}") from None
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise VerificationError("missing_artifact", f"{path}: reader returned "
-                                    f"{type(data).__name__}, not bytes")
-        data = bytes(data)
-    digest = hashlib.sha256(data).hexdigest()
-    if not hmac.compare_digest(digest, update.artifact_sha256):
-        raise VerificationError("bad_hash", f"artifact sha256 {digest}, message says "
-                                f"{update.artifact_sha256}")
-    return update, data
+    return update, _artifact_bytes(update.artifact_inline, update.artifact_uri, update.artifact_sha256, read_file)
+
+
+def champion_artifact_bytes(update: ModelUpdate, read_file: Callable[[str], bytes] = read_artifact_file) -> bytes:
+    """The bytes of a VERIFIED canary's ``champion_artifact`` (the message's signature
+    covers its sha256), checked like the main artifact: ``missing_artifact`` or
+    ``bad_hash`` (:class:`VerificationError`). ``RegistryError`` when there is none."""
+    ref = update.champion_artifact
+    if ref is None:
+        raise RegistryError("champion_artifact", None, "an ArtifactRef (a canary published with its champion)")
+    return _artifact_bytes(ref.inline, ref.uri, ref.sha256, read_file)
+
+
+def champion_update(canary: ModelUpdate) -> ModelUpdate:
+    """The champion a canary runs beside, as an update of its own: version
+    ``canary.parent_version``, action ``promote``, the canary's ``champion_artifact``,
+    ``created_at`` the canary's; metrics, gate report and lineage are not carried (empty).
+    For a node or trainer that starts after compaction removed the champion's update.
+
+    >>> ref = ArtifactRef("ct_stream.linear/1", "0" * 64, uri="file:///m-v4.json")
+    >>> c = ModelUpdate(name="m", version=5, parent_version=4, action="canary", created_at=9.0,
+    ...                 artifact_format="ct_stream.linear/1", artifact_sha256="1" * 64,
+    ...                 artifact_uri="file:///m-v5.json", champion_artifact=ref)
+    >>> u = champion_update(c)
+    >>> u.version, u.action, u.artifact_uri
+    (4, 'promote', 'file:///m-v4.json')
+    """
+    ref = canary.champion_artifact
+    if ref is None or canary.parent_version is None:
+        raise RegistryError("champion_artifact", None, "an ArtifactRef (a canary published with its champion)")
+    return ModelUpdate(name=canary.name, version=canary.parent_version, parent_version=None, action="promote",
+                       created_at=canary.created_at, artifact_format=ref.format, artifact_sha256=ref.sha256,
+                       artifact_inline=ref.inline, artifact_uri=ref.uri, topology_hash=canary.topology_hash,
+                       package_version=canary.package_version)
 
 
 def verify(value: bytes, key: bytes | None, *, insecure: bool = False,

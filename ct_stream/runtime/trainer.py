@@ -58,8 +58,9 @@ from ct_stream.learn.drift import ConceptDriftMonitor, DataDriftMonitor
 from ct_stream.learn.online import LearnStep, OnlineLearner, VersionMetrics, learner_from_artifact, make_learner
 from ct_stream.metrics import TrainerMetrics
 from ct_stream.records import decode_examples, example_schema
-from ct_stream.registry import (ModelUpdate, champion_version, check_successor, encode_unsigned, path_from_uri,
-                                read_artifact_file, sign, store_artifact)
+from ct_stream.registry import (ArtifactRef, ModelUpdate, VerificationError, champion_artifact_bytes,
+                                champion_update, champion_version, check_successor, encode_unsigned, inline_size,
+                                path_from_uri, read_artifact_file, sign, store_artifact)
 from ct_stream.runtime.checkpoint import write_atomic
 from ct_stream.runtime.models import read_updates
 from ct_stream.runtime.smoke import dlq_headers
@@ -279,6 +280,14 @@ class TrainerWorker:
         self.champion_version = cv
         self.metrics.child(self.metrics.champion).set(cv)
         source = latest if latest.action != "canary" else updates.get(cv, (None, b""))[0]
+        if source is None and latest.champion_artifact is not None:
+            # the champion's own update was compacted away: the canary carries its artifact
+            try:
+                updates[cv] = (champion_update(latest), champion_artifact_bytes(latest))
+                source = updates[cv][0]
+            except VerificationError as e:
+                log.warning("champion v%d: the artifact canary v%d carries does not verify (%s)", cv,
+                            latest.version, e)
         if source is None:
             log.warning("champion v%d is not on the promotion topic any more (compacted); candidates are judged "
                         "on the guards only", cv)
@@ -567,13 +576,15 @@ class TrainerWorker:
         metrics = {"holdout_mean_loss": report.challenger_mean_loss, "gate_metric": self.metric,
                    "examples_learned": self.learned, **_finite(self.learner.metrics())}
         action = "canary" if t.serving.rollout == "canary" and self.champion_version else "promote"
+        champion = self._champion_ref(version, inline) if action == "canary" else None
         update = ModelUpdate(
             name=t.model_name, version=version,
             parent_version=self.champion_version or None, action=action, created_at=float(self.clock()),
             artifact_format=fmt, artifact_sha256=sha, artifact_inline=inline, artifact_uri=uri,  # type: ignore[arg-type]
             metrics=metrics, gate_report=report.to_dict(),
             lineage={"examples_offsets": dict(offsets), "snapshot": snapshot},
-            topology_hash=topology_hash(t), package_version=__version__)
+            topology_hash=topology_hash(t), package_version=__version__,
+            champion_artifact=champion)
         self._send(update)
         if action == "canary":
             self._start_canary(update)
@@ -583,6 +594,22 @@ class TrainerWorker:
         log.warning("trainer %s: published v%d (%s, parent %s, %s)", t.name, version, action,
                     update.parent_version, "inline" if inline is not None else uri)
         self.checkpoint()
+
+    def _champion_ref(self, version: int, inline: bytes | None) -> ArtifactRef | None:
+        """The champion's artifact for canary ``version`` to carry (its own ``inline`` bytes
+        beside it): inline when both fit ``publish.inline_max_bytes``, else the champion's
+        bytes go to a file. ``None`` (with a warning) when the champion's update is not known."""
+        t, keep = self.t, self.champion_update
+        if keep is None:
+            log.warning("trainer %s: canary v%d goes out without its champion's artifact (champion v%d's update is "
+                        "not known here): a node that starts after compaction serves the canary alone", t.name,
+                        version, self.champion_version)
+            return None
+        c_inline, c_uri = keep.artifact_inline, keep.artifact_uri
+        if c_inline is not None and \
+                inline_size(c_inline) + (0 if inline is None else inline_size(inline)) > t.publish.inline_max_bytes:
+            c_inline, c_uri, _ = store_artifact(c_inline, t.publish.artifact_dir, t.model_name, keep.version, limit=0)
+        return ArtifactRef(keep.artifact_format, keep.artifact_sha256, c_inline, c_uri)
 
     def _send(self, update: ModelUpdate) -> None:
         """Check the successor rules, sign, publish and wait for the broker's ack."""

@@ -13,7 +13,8 @@ model name it:
 3. builds the model (:func:`ct_stream.learn.online.learner_from_artifact`; a failure is
    ``unloadable``);
 4. swaps it in: ``promote`` makes it the champion (the old champion is kept as
-   ``previous``), ``canary`` makes it the candidate for a fraction of request keys,
+   ``previous``), ``canary`` makes it the candidate for a fraction of request keys
+   (with the champion it carries, when this node does not hold that one: compaction),
    ``rollback`` makes the artifact it carries (the restored version's) the champion. A
    promote or rollback ends any canary.
 
@@ -42,7 +43,8 @@ from prometheus_client import CollectorRegistry
 from ct_stream.errors import RegistryError, ServingError, VerificationError
 from ct_stream.learn.online import OnlineLearner, learner_from_artifact
 from ct_stream.metrics import ServingMetrics
-from ct_stream.registry import ModelUpdate, check_successor, decode, verify_with_artifact
+from ct_stream.registry import (ModelUpdate, champion_artifact_bytes, champion_update, check_successor, decode,
+                                verify_with_artifact)
 from ct_stream.serving.routing import CANARY, CHAMPION, Route, _point64, threshold
 from ct_stream.topology import Topology
 
@@ -343,7 +345,24 @@ class ModelSubscriber:
         except Exception as e:  # noqa: BLE001 - verified bytes that make no model for this topology
             self._reject("unloadable", where, update.version, f"{type(e).__name__}: {e}")
             return
-        self._apply(update, learner, where)
+        champion = None
+        current = self._snapshot.champion  # only this thread swaps snapshots
+        if update.champion_artifact is not None and (current is None or current.version != update.parent_version):
+            # a canary whose champion this node does not hold (its update compacted away,
+            # or rejected here): the canary carries the champion's artifact, signed with it
+            try:
+                c_data = champion_artifact_bytes(update)
+            except VerificationError as e:
+                self._reject(e.reason, where, update.version, f"its champion's artifact: {e}")
+                return
+            c_update = champion_update(update)
+            try:
+                c_learner = learner_from_artifact(c_update.artifact_format, c_data, self.topology)
+            except Exception as e:  # noqa: BLE001
+                self._reject("unloadable", where, update.version, f"its champion's artifact: {type(e).__name__}: {e}")
+                return
+            champion = _Loaded(c_update.version, c_update, c_learner)
+        self._apply(update, learner, where, champion)
 
     def _reject(self, reason: str, where: str, version: int | None, detail: str) -> None:
         with self._cond:
@@ -355,7 +374,10 @@ class ModelSubscriber:
                     "" if version is None else f" v{version}", self.model_name, reason, detail,
                     "nothing yet" if current is None else f"v{current}")
 
-    def _apply(self, update: ModelUpdate, learner: OnlineLearner, where: str) -> None:
+    def _apply(self, update: ModelUpdate, learner: OnlineLearner, where: str,
+               canary_champion: _Loaded | None = None) -> None:
+        """Swap ``update`` in; ``canary_champion``: the champion a canary carried, for a node
+        that does not hold it (it replaces the champion; the old one becomes ``previous``)."""
         loaded = _Loaded(update.version, update, learner)
         with self._cond:
             if self._closed:
@@ -363,6 +385,10 @@ class ModelSubscriber:
             snap = self._snapshot
             if update.action == "canary":
                 champion, canary, previous = snap.champion, loaded, snap.previous
+                if canary_champion is not None:
+                    champion, previous = canary_champion, snap.champion if snap.champion is not None else snap.previous
+                    log.info("%s: canary v%d carries champion v%d, which this node did not hold: loaded it too",
+                             where, update.version, champion.version)
                 if champion is None:
                     log.warning("%s: canary v%d arrived with no champion loaded (compacted history?): it answers "
                                 "every request until a promote", where, update.version)
