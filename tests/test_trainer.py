@@ -208,10 +208,13 @@ def test_undecodable_examples_go_to_the_dlq_and_learning_goes_on(broker: Any, tm
     assert [v for _, v, _, _ in dlq] == [b"not arrow"]
 
 
-def test_restart_resumes_from_the_checkpoint(broker: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("window_rows", [20_000, 500])
+def test_restart_resumes_from_the_checkpoint(broker: Any, tmp_path: Path, window_rows: int) -> None:
     """A worker that stops after a checkpoint and a new one on the same data dir learn every
-    example exactly once, and the restored model continues where the first left off."""
-    t = topology(broker.topic("resume"), tmp_path)
+    example exactly once, and the restored model continues where the first left off. The
+    window store comes back from the examples topic: the rows learned last (all 1000, or
+    the newest 500), in the order they were learned."""
+    t = topology(broker.topic("resume"), tmp_path, retrain={"window_rows": window_rows})
     rows = sine_rows(0, 9, 2000)
     first = TrainerWorker(t, broker.bootstrap, signing_key=KEY)
     first.setup()
@@ -225,6 +228,8 @@ def test_restart_resumes_from_the_checkpoint(broker: Any, tmp_path: Path) -> Non
     second = TrainerWorker(t, broker.bootstrap, signing_key=KEY)
     second.setup()
     assert second.learned == 1000 and second.learner.state() == state_after_first
+    assert first.window.rows == min(1000, window_rows)
+    assert second.window.table().equals(first.window.table())
     # the gate's holdout (recent rows with the losses they had when predicted) came back too
     assert pa.concat_tables([table for table, _, _ in second._recent]).equals(holdout_after_first)
     restored = second._online_holdout()
@@ -376,6 +381,10 @@ def test_examples_written_twice_are_learned_once(broker: Any, tmp_path: Path) ->
     producer.flush(30)
     again = TrainerWorker(t, broker.bootstrap, signing_key=KEY)
     again.setup()
+    # the window read back holds each of the 600 learned examples once, as the first worker's did
+    ids = [sorted(w.window.table().column("id").to_pylist()) for w in (worker, again)]
+    assert ids[0] == ids[1]
+    assert again.window.rows == 600
     try:
         run_until(again, lambda: again.learned + again.duplicates >= 600 + 200 + 2 + 100, 60, "the rest read")
     finally:

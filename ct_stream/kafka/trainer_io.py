@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from ct_stream.errors import BrokerError
 from ct_stream.kafka.clients import (DeliveryTracker, admin_client, make_consumer, make_producer, produce_retrying,
-                                    read_to_end)
+                                    read_range, read_to_end)
 
-__all__ = ["ExampleReader", "ModelPublisher", "read_topic"]
+__all__ = ["ExampleReader", "ModelPublisher", "read_back", "read_topic"]
 
 log = logging.getLogger("ct_stream.kafka.trainer_io")
 
@@ -87,6 +87,35 @@ class ExampleReader:
     def close(self) -> None:
         """Leave (no group to leave: just close the client)."""
         self.consumer.close()
+
+
+def read_back(bootstrap: str, topic: str, ends: Mapping[int, int], rows: Callable[[bytes | None], int], want: int,
+              passthrough: Mapping[str, Any] | None = None, timeout: float = 60.0,
+              ) -> list[tuple[int, int, float, bytes | None]]:
+    """The records just before ``ends[p]`` on each partition, read_committed, as
+    ``(partition, offset, timestamp, value)``: from the end backwards, in steps that double
+    (64 records first), until they hold ``want`` rows (``rows(value)`` each) or the
+    partition's first offset is reached. ``timestamp`` is the record's, in seconds."""
+    out: list[tuple[int, int, float, bytes | None]] = []
+    consumer = make_consumer(bootstrap, None, passthrough)
+    try:
+        lows = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[0] for p in ends}
+    except KafkaException as e:
+        raise BrokerError(f"cannot read the offsets of {topic!r}: {e}") from e
+    finally:
+        consumer.close()
+    for p, end in ends.items():
+        start, step, have = end, 64, 0
+        while have < want and start > lows[p]:
+            begin = max(lows[p], start - step)
+            got = [(p, m.offset(), m.timestamp()[1] / 1000.0, m.value())
+                   for batch in read_range(bootstrap, topic, {p: begin}, {p: start}, passthrough, timeout=timeout,
+                                           isolation_level="read_committed")
+                   for m in batch]
+            have += sum(rows(r[3]) for r in got)
+            out.extend(got)
+            start, step = begin, step * 2
+    return out
 
 
 def read_topic(bootstrap: str, topic: str, passthrough: Mapping[str, Any] | None = None,

@@ -23,7 +23,8 @@ learned up to are written to one file atomically (:mod:`ct_stream.runtime.checkp
 After ``kill -9`` the worker loads it and reads on from its offsets: no example is
 learned twice or skipped. Versions come from the promotion topic (the highest published
 version, whatever the checkpoint says), so they keep increasing across restarts.
-The window store is not checkpointed: after a restart it fills again before a retrain.
+The window store is not in the checkpoint: a restarted worker reads the examples it
+learned last back from the examples topic (:meth:`TrainerWorker._refill_window`).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ from ct_stream.errors import CodecError, LearnError, TrainerError
 from ct_stream.gate import GateConfig, GateReport, evaluate
 from ct_stream.kafka._process import spawn_guarded, stop_group
 from ct_stream.kafka.clients import TopicSpec, ensure_topics
-from ct_stream.kafka.trainer_io import ExampleReader, ModelPublisher
+from ct_stream.kafka.trainer_io import ExampleReader, ModelPublisher, read_back
 from ct_stream.learn.drift import ConceptDriftMonitor, DataDriftMonitor
 from ct_stream.learn.online import LearnStep, OnlineLearner, VersionMetrics, learner_from_artifact, make_learner
 from ct_stream.metrics import TrainerMetrics
@@ -116,6 +117,16 @@ class _Retrain:
     holdout: pa.Table
     offsets: dict[int, int]
     started: float
+
+
+def _dedupe_keys(table: pa.Table) -> list[str]:
+    """The dedupe key of each example: its id (a correction's apart from its expired example's)."""
+    keys = table.column("id").to_pylist()
+    outcomes = table.column("outcome")
+    if pc.any(pc.equal(outcomes, "correction")).as_py():
+        keys = [i if outcome != "correction" else i + "\x00correction"
+                for i, outcome in zip(keys, outcomes.to_pylist())]
+    return keys
 
 
 class TrainerWorker:
@@ -205,6 +216,7 @@ class TrainerWorker:
             TopicSpec(t.models_topic, 1, t.replication_factor, {"cleanup.policy": "compact"}),
         ], t.kafka)
         self._load_checkpoint()
+        self._refill_window()
         self._load_champion()
         self.reader = ExampleReader(self.bootstrap, t.examples_topic, self.offsets, t.kafka)
         self.publisher = ModelPublisher(self.bootstrap, t.models_topic, t.kafka)
@@ -256,6 +268,42 @@ class TrainerWorker:
         self._recent_rows = sum(t.num_rows for t, _, _ in self._recent)
         log.info("trainer %s: checkpoint loaded: %d examples learned, offsets %s", self.t.name, self.learned,
                  self.offsets)
+
+    def _refill_window(self) -> None:
+        """After a restart, put the examples learned last before the checkpoint back into
+        the window store (it is not in the checkpoint): the examples topic is read back
+        from the checkpoint's offsets until ``retrain.window_rows`` rows or the topic's
+        start, the records in the order of their Kafka timestamps (the order they were
+        written, as they were learned), duplicates of an id dropped as the dedupe did
+        (the first copy stays), and undecodable records skipped (they went to the DLQ)."""
+        ends = {p: o for p, o in self.offsets.items() if o > 0}
+        if not ends:
+            return
+        t = self.t
+        schema = t.record_schema
+
+        def decode(value: bytes | None) -> pa.RecordBatch | None:
+            try:
+                return decode_examples(value or b"", schema)
+            except CodecError:
+                return None
+
+        records = read_back(self.bootstrap, t.examples_topic, ends,
+                            lambda v: 0 if (b := decode(v)) is None else b.num_rows, t.retrain.window_rows, t.kafka)
+        records.sort(key=lambda r: (r[2], r[0], r[1]))
+        batches = [b for b in map(decode, (r[3] for r in records)) if b is not None and b.num_rows]
+        if not batches:
+            return
+        table = pa.Table.from_batches(batches)
+        first: dict[str, int] = {}
+        for k, key in enumerate(_dedupe_keys(table)):
+            first.setdefault(key, k)
+        if len(first) != table.num_rows:
+            table = table.take(pa.array(sorted(first.values())))
+        for batch in table.slice(max(0, table.num_rows - t.retrain.window_rows)).to_batches():
+            self.window.append(batch)
+        log.info("trainer %s: window store refilled with %d examples read back from %s", t.name, self.window.rows,
+                 t.examples_topic)
 
     def _load_champion(self) -> None:
         """The latest verified update of this model on the promotion topic, and its model."""
@@ -365,11 +413,7 @@ class TrainerWorker:
         expired example) among the last ``dedupe_window`` examples. A joiner that runs
         at-least-once (a broker without transaction isolation) writes a micro-batch again
         after a crash; exactly-once joiners never do, and nothing is dropped."""
-        keys = table.column("id").to_pylist()
-        outcomes = table.column("outcome")
-        if pc.any(pc.equal(outcomes, "correction")).as_py():
-            keys = [i if outcome != "correction" else i + "\x00correction"
-                    for i, outcome in zip(keys, outcomes.to_pylist())]
+        keys = _dedupe_keys(table)
         seen, order = self._seen, self._seen_order
         if seen.isdisjoint(keys) and len(set(keys)) == len(keys):  # the common case, in C: all new
             seen.update(keys)
