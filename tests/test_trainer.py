@@ -12,10 +12,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from ct_stream.errors import TrainerError, VerificationError
-from ct_stream.kafka.clients import DeliveryTracker, make_producer, produce_retrying
-from ct_stream.kafka.trainer_io import ModelPublisher, read_topic
+from ct_stream.kafka.clients import DeliveryTracker, TopicSpec, ensure_topics, make_producer, produce_retrying
+from ct_stream.kafka.trainer_io import ModelPublisher, read_back, read_topic
 from ct_stream.learn.online import learner_from_artifact, make_learner
-from ct_stream.records import encode_examples, examples_to_batch
+from ct_stream.records import decode_examples, encode_examples, examples_to_batch
 from ct_stream.registry import (ArtifactRef, ModelUpdate, path_from_uri, sign, store_artifact, verify,
                                 verify_with_artifact)
 from ct_stream.runtime.trainer import TrainerWorker
@@ -139,7 +139,6 @@ def test_a_worse_candidate_is_rejected_and_the_champion_stays(broker: Any, tmp_p
     inline, uri, sha = store_artifact(data, tmp_path / "a", t.model_name, 1)
     v1 = ModelUpdate(name=t.model_name, version=1, parent_version=None, action="promote", created_at=1.0,
                      artifact_format=fmt, artifact_sha256=sha, artifact_inline=inline, artifact_uri=uri)
-    from ct_stream.kafka.clients import TopicSpec, ensure_topics
 
     ensure_topics(broker.bootstrap, [TopicSpec(t.models_topic, 1, 1, {"cleanup.policy": "compact"})])
     publisher = ModelPublisher(broker.bootstrap, t.models_topic)
@@ -208,6 +207,25 @@ def test_undecodable_examples_go_to_the_dlq_and_learning_goes_on(broker: Any, tm
     assert [v for _, v, _, _ in dlq] == [b"not arrow"]
 
 
+def test_read_back_goes_back_in_doubling_steps_until_it_has_the_rows(broker: Any, tmp_path: Path) -> None:
+    t = topology(broker.topic("readback"), tmp_path)
+    ensure_topics(broker.bootstrap, [TopicSpec(t.examples_topic, 2, 1)])
+    produce_examples(broker.bootstrap, t, sine_rows(0, 5, 100), per_message=1, partition=0)  # offsets 0..99
+    produce_examples(broker.bootstrap, t, sine_rows(0, 6, 10), per_message=5, partition=1)  # offsets 0..1
+
+    def decode(value: bytes | None) -> pa.RecordBatch:
+        return decode_examples(value or b"", t.record_schema)
+
+    got = read_back(broker.bootstrap, t.examples_topic, {0: 100}, decode, 50)
+    assert [o for _, o, _, _ in got] == list(range(36, 100))  # one step of 64 records holds 50 rows
+    got = read_back(broker.bootstrap, t.examples_topic, {0: 100}, decode, 80)
+    assert sorted(o for _, o, _, _ in got) == list(range(100))  # 64, then the 36 left before them
+    # several partitions, each until it has the rows
+    got = read_back(broker.bootstrap, t.examples_topic, {0: 90, 1: 2}, decode, 3)
+    assert sorted((p, o) for p, o, _, _ in got) == [(0, o) for o in range(26, 90)] + [(1, 0), (1, 1)]
+    assert all(b.num_rows == (1 if p == 0 else 5) for p, _, _, b in got)
+
+
 @pytest.mark.parametrize("window_rows", [20_000, 500])
 def test_restart_resumes_from_the_checkpoint(broker: Any, tmp_path: Path, window_rows: int) -> None:
     """A worker that stops after a checkpoint and a new one on the same data dir learn every
@@ -259,7 +277,6 @@ def test_run_role_all_joins_learns_publishes_and_exposes_metrics(broker: Any, tm
     import textwrap
     import urllib.request
 
-    from ct_stream.kafka.clients import TopicSpec, ensure_topics
     from ct_stream.runtime.pipeline import end_of_input
     from ct_stream.synthetic import generate
     from ct_stream.topology import load_topology
@@ -338,7 +355,6 @@ def test_versions_continue_after_updates_this_trainer_cannot_verify(broker: Any,
     foreign = ModelUpdate(name=t.model_name, version=5, parent_version=None, action="promote", created_at=1.0,
                           artifact_format=fmt, artifact_sha256=hashlib.sha256(data).hexdigest(),
                           artifact_inline=data)
-    from ct_stream.kafka.clients import TopicSpec, ensure_topics
 
     ensure_topics(broker.bootstrap, [TopicSpec(t.models_topic, 1, 1, {"cleanup.policy": "compact"})])
     publisher = ModelPublisher(broker.bootstrap, t.models_topic)
@@ -407,7 +423,6 @@ def test_canary_is_promoted_or_rolled_back_on_live_labels(broker: Any, tmp_path:
 
     champion = trained(t, 0, 20, n=3000)
     canary = trained(t, 0, 21, n=3000) if canary_is_good else trained(t, 1, 22, n=3000)
-    from ct_stream.kafka.clients import TopicSpec, ensure_topics
 
     ensure_topics(broker.bootstrap, [TopicSpec(t.models_topic, 1, 1, {"cleanup.policy": "compact"})])
     publisher = ModelPublisher(broker.bootstrap, t.models_topic)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sized
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
@@ -89,31 +89,35 @@ class ExampleReader:
         self.consumer.close()
 
 
-def read_back(bootstrap: str, topic: str, ends: Mapping[int, int], rows: Callable[[bytes | None], int], want: int,
-              passthrough: Mapping[str, Any] | None = None, timeout: float = 60.0,
-              ) -> list[tuple[int, int, float, bytes | None]]:
-    """The records just before ``ends[p]`` on each partition, read_committed, as
-    ``(partition, offset, timestamp, value)``: from the end backwards, in steps that double
-    (64 records first), until they hold ``want`` rows (``rows(value)`` each) or the
-    partition's first offset is reached. ``timestamp`` is the record's, in seconds."""
-    out: list[tuple[int, int, float, bytes | None]] = []
+def read_back(bootstrap: str, topic: str, ends: Mapping[int, int], decode: Callable[[bytes | None], Sized | None],
+              want: int, passthrough: Mapping[str, Any] | None = None, timeout: float = 60.0,
+              ) -> list[tuple[int, int, float, Any]]:
+    """The records just before ``ends[p]`` on each partition, read_committed and decoded, as
+    ``(partition, offset, timestamp in seconds, decode(value))``: from the end backwards, in
+    steps that double (64 records first), until they hold ``want`` rows (``len`` of what
+    ``decode`` returns; ``None``, a record it cannot decode, counts 0) or the partition's
+    first offset is reached. Raises :class:`BrokerError` when a partition does not reach its
+    end within ``timeout`` (an end beyond its last offset: a recreated topic)."""
+    out: list[tuple[int, int, float, Any]] = []
     consumer = make_consumer(bootstrap, None, passthrough)
     try:
+        # the low watermarks only: the embedded broker answers a wrong high one (1 for 100 records)
         lows = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[0] for p in ends}
     except KafkaException as e:
         raise BrokerError(f"cannot read the offsets of {topic!r}: {e}") from e
     finally:
         consumer.close()
     for p, end in ends.items():
+        low = lows[p]
         start, step, have = end, 64, 0
-        while have < want and start > lows[p]:
-            begin = max(lows[p], start - step)
-            got = [(p, m.offset(), m.timestamp()[1] / 1000.0, m.value())
-                   for batch in read_range(bootstrap, topic, {p: begin}, {p: start}, passthrough, timeout=timeout,
-                                           isolation_level="read_committed")
-                   for m in batch]
-            have += sum(rows(r[3]) for r in got)
-            out.extend(got)
+        while have < want and start > low:
+            begin = max(low, start - step)
+            for batch in read_range(bootstrap, topic, {p: begin}, {p: start}, passthrough, timeout=timeout,
+                                    isolation_level="read_committed"):
+                for m in batch:
+                    value = decode(m.value())
+                    have += 0 if value is None else len(value)
+                    out.append((p, m.offset(), m.timestamp()[1] / 1000.0, value))
             start, step = begin, step * 2
     return out
 

@@ -50,7 +50,7 @@ import pyarrow.compute as pc
 from prometheus_client import CollectorRegistry
 
 from ct_stream import __version__
-from ct_stream.errors import CodecError, LearnError, TrainerError
+from ct_stream.errors import BrokerError, CodecError, LearnError, TrainerError
 from ct_stream.gate import GateConfig, GateReport, evaluate
 from ct_stream.kafka._process import spawn_guarded, stop_group
 from ct_stream.kafka.clients import TopicSpec, ensure_topics
@@ -216,9 +216,9 @@ class TrainerWorker:
             TopicSpec(t.models_topic, 1, t.replication_factor, {"cleanup.policy": "compact"}),
         ], t.kafka)
         self._load_checkpoint()
-        self._refill_window()
         self._load_champion()
         self.reader = ExampleReader(self.bootstrap, t.examples_topic, self.offsets, t.kafka)
+        self._refill_window()  # after the reader checked the checkpoint's partitions
         self.publisher = ModelPublisher(self.bootstrap, t.models_topic, t.kafka)
         log.warning("trainer %s: %s path, %d examples learned so far, champion v%d, publishing %s",
                     t.name, self.learner.path, self.learned, self.champion_version,
@@ -288,10 +288,15 @@ class TrainerWorker:
             except CodecError:
                 return None
 
-        records = read_back(self.bootstrap, t.examples_topic, ends,
-                            lambda v: 0 if (b := decode(v)) is None else b.num_rows, t.retrain.window_rows, t.kafka)
+        try:
+            records = read_back(self.bootstrap, t.examples_topic, ends, decode, t.retrain.window_rows, t.kafka,
+                                timeout=30.0)
+        except BrokerError as e:  # the window is for retrains: learning goes on without it
+            log.warning("trainer %s: the window store could not be read back (%s); it fills from new examples",
+                        t.name, e)
+            return
         records.sort(key=lambda r: (r[2], r[0], r[1]))
-        batches = [b for b in map(decode, (r[3] for r in records)) if b is not None and b.num_rows]
+        batches = [r[3] for r in records if r[3] is not None and r[3].num_rows]
         if not batches:
             return
         table = pa.Table.from_batches(batches)
