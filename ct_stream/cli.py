@@ -161,7 +161,8 @@ def _parser() -> argparse.ArgumentParser:
                         topic): serving nodes and the trainer take its artifact as champion
 
             The topic is compacted by model name: older versions stay only until the broker
-            compacts it."""))
+            compacts it. A canary carries the champion it runs beside, so --to can restore
+            that champion even when its own update is gone."""))
     models.add_argument("action", choices=("list", "show", "rollback"))
     models.add_argument("topology", type=Path, metavar="TOPOLOGY")
     models.add_argument("version", type=int, nargs="?", metavar="V", help="show: the version to show")
