@@ -40,9 +40,12 @@ def topology(name: str, tmp_path: Path, **sections: Any) -> Topology:
 
 
 def produce_examples(bootstrap: str, t: Topology, rows: list[tuple[dict[str, float], bool]],
-                     per_message: int = 200, start: int = 0, partition: int | None = None) -> int:
+                     per_message: int = 200, start: int = 0, partition: int | None = None,
+                     timestamp_step_ms: int = 0) -> int:
     """Write ``rows`` as joined examples, ``per_message`` rows per Arrow message, round robin
-    over the partitions (or all to ``partition``); returns the number of messages."""
+    over the partitions (or all to ``partition``); returns the number of messages. With
+    ``timestamp_step_ms`` the messages' timestamps are that far apart (else the producer's clock)."""
+    base_ms = int(time.time() * 1000)
     tracker = DeliveryTracker()
     producer = make_producer(bootstrap, on_delivery=tracker)
     messages = 0
@@ -53,8 +56,12 @@ def produce_examples(bootstrap: str, t: Topology, rows: list[tuple[dict[str, flo
              "label": y, "outcome": "joined", "source_partition": messages % t.partitions,
              "source_offset": start + i + j, **x}
             for j, (x, y) in enumerate(chunk)], t.record_schema)
-        produce_retrying(producer, t.examples_topic, encode_examples(batch),
-                         partition=messages % t.partitions if partition is None else partition)
+        p = messages % t.partitions if partition is None else partition
+        if timestamp_step_ms:
+            producer.produce(t.examples_topic, encode_examples(batch), partition=p,
+                             timestamp=base_ms + messages * timestamp_step_ms)
+        else:
+            produce_retrying(producer, t.examples_topic, encode_examples(batch), partition=p)
         messages += 1
     producer.flush(60)
     assert tracker.failed == 0, tracker.first_error
@@ -224,6 +231,21 @@ def test_read_back_goes_back_in_doubling_steps_until_it_has_the_rows(broker: Any
     got = read_back(broker.bootstrap, t.examples_topic, {0: 90, 1: 2}, decode, 3)
     assert sorted((p, o) for p, o, _, _ in got) == [(0, o) for o in range(26, 90)] + [(1, 0), (1, 1)]
     assert all(b.num_rows == (1 if p == 0 else 5) for p, _, _, b in got)
+
+
+def test_the_window_read_back_keeps_the_newest_rows_across_partitions(broker: Any, tmp_path: Path) -> None:
+    t = topology(broker.topic("refill"), tmp_path, retrain={"window_rows": 500})
+    first = TrainerWorker(t, broker.bootstrap, signing_key=KEY)
+    first.setup()
+    # e0..e999 in order, 100 a message, alternating partitions, each message 10 ms after the one before
+    produce_examples(broker.bootstrap, t, sine_rows(0, 4, 1000), per_message=100, timestamp_step_ms=10)
+    run_until(first, lambda: first.learned == 1000, 60, "1000 examples")
+    first.close()
+    second = TrainerWorker(t, broker.bootstrap, signing_key=KEY)
+    second.setup()
+    second.close()
+    ids = second.window.table().column("id").to_pylist()
+    assert sorted(ids, key=lambda i: int(i[1:])) == ids == [f"e{i}" for i in range(500, 1000)]
 
 
 @pytest.mark.parametrize("window_rows", [20_000, 500])

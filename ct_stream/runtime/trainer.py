@@ -288,18 +288,26 @@ class TrainerWorker:
             except CodecError:
                 return None
 
-        try:
-            records = read_back(self.bootstrap, t.examples_topic, ends, decode, t.retrain.window_rows, t.kafka,
-                                timeout=30.0)
-        except BrokerError as e:  # the window is for retrains: learning goes on without it
-            log.warning("trainer %s: the window store could not be read back (%s); it fills from new examples",
-                        t.name, e)
+        want = t.retrain.window_rows
+        kept: list[tuple[float, int, int, pa.RecordBatch]] = []  # (timestamp, partition, offset, batch)
+        for p, end in ends.items():  # one partition at a time: at most about 3 windows in memory
+            try:
+                got = read_back(self.bootstrap, t.examples_topic, {p: end}, decode, want, t.kafka, timeout=30.0)
+            except BrokerError as e:  # the window is for retrains: learning goes on without it
+                log.warning("trainer %s: the window store could not be read back (%s); it fills from new examples",
+                            t.name, e)
+                return
+            kept.extend((ts, q, o, b) for q, o, ts, b in got if b is not None and b.num_rows)
+            kept.sort(key=lambda r: r[:3])
+            rows = 0
+            for k in range(len(kept) - 1, -1, -1):  # the newest records that hold the window
+                rows += kept[k][3].num_rows
+                if rows >= want:
+                    del kept[:k]
+                    break
+        if not kept:
             return
-        records.sort(key=lambda r: (r[2], r[0], r[1]))
-        batches = [r[3] for r in records if r[3] is not None and r[3].num_rows]
-        if not batches:
-            return
-        table = pa.Table.from_batches(batches)
+        table = pa.Table.from_batches([r[3] for r in kept])
         first: dict[str, int] = {}
         for k, key in enumerate(_dedupe_keys(table)):
             first.setdefault(key, k)
