@@ -56,7 +56,8 @@ def test_demo_command_runs_on_the_embedded_broker(embedded_broker):
     assert "read back  2000 events" in out.stdout
     assert "smoke pipeline: ok, every record accounted for" in out.stdout
     # the joiner and trainer half: every valid event joined or expired, all learned, v1 verified
-    joined = re.search(r"joined     joined (\d+), expired (\d+), corrections 0, .* late 0", out.stdout)
+    joined = re.search(r"examples   joined (\d+), expired (\d+), corrections 0, .* late 0 \(3 of them the "
+                       r"end-of-input markers\)", out.stdout)
     learned = re.search(r"learned    (\d+) examples", out.stdout)
     assert joined and learned, out.stdout
     valid = int(re.search(r"valid      (\d+) events", out.stdout).group(1))

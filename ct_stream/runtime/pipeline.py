@@ -42,12 +42,15 @@ class PipelineReport:
     published: list[str] = field(default_factory=list)
     seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
+    end_markers: int = 0
+    """End-of-input events (one per partition, each joined with its label): counted above."""
 
     def lines(self) -> list[str]:
         shown = ", ".join(f"{k} {v:.3f}" for k, v in self.metrics.items() if k != "n" and math.isfinite(v))
+        markers = f" ({self.end_markers} of them the end-of-input markers)" if self.end_markers else ""
         return [
-            "joined     " + ", ".join(f"{k} {v}" for k, v in self.examples.items()),
-            f"learned    {self.learned} examples, test-then-train; prequential: {shown}",
+            "examples   " + ", ".join(f"{k} {v}" for k, v in self.examples.items()) + markers,
+            f"learned    {self.learned} examples{markers}, test-then-train; prequential: {shown}",
             f"gate       {self.gate}",
             *[f"published  {p}" for p in self.published],
             f"took       {self.seconds:.2f} s (joiner and trainer in one process)",
@@ -83,7 +86,7 @@ def run_pipeline(topology: Topology, bootstrap: str, *, signing_key: bytes, data
                  timeout: float = 300.0, log: Callable[[str], None] = lambda _: None) -> PipelineReport:
     """Join, learn, gate and publish everything in the topology's input topics (see the module docstring)."""
     started = time.monotonic()
-    report = PipelineReport()
+    report = PipelineReport(end_markers=topology.partitions)
     ends = end_of_input(topology, bootstrap, end_ts)
     joiner = JoinerWorker(topology, bootstrap)
     joiner.setup()
