@@ -489,9 +489,12 @@ def test_bad_input_raises_learn_error_and_learns_nothing(label_type) -> None:
         a.learn({"x1": [1.0]})  # type: ignore[arg-type]
     assert a.state() == before
     assert a.examples_learned == 30
-    # and the learner still works afterwards, exactly like one that never saw the bad input
+    # and the learner still works afterwards like one that never saw the bad input (up to the
+    # last bit: the regression model is River's, and a copy restored from its pickle may add
+    # its terms in another order; with PYTHONHASHSEED=7 they differ by 1 ulp, even when
+    # the learner saw no bad input at all)
     b = OnlineLearner.from_state(before, t)
-    np.testing.assert_array_equal(a.learn(good).prediction, b.learn(good).prediction)
+    assert_same(a.learn(good).prediction, b.learn(good).prediction)
 
 
 def test_new_categories_in_a_rejected_batch_are_not_kept() -> None:
