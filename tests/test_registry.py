@@ -13,8 +13,8 @@ import pytest
 from ct_stream.errors import InputError, RegistryError, VerificationError
 from ct_stream.gate import GateConfig, evaluate
 from ct_stream.learn.linear import BatchLogisticRegression
-from ct_stream.registry import (ArtifactRef, ModelUpdate, champion_artifact_bytes, champion_update, check_successor, encode_unsigned, load_artifact,
-                                make_artifact, path_from_uri, sign, signed_bytes, store_artifact,
+from ct_stream.registry import (ArtifactRef, ModelUpdate, champion_with_artifact, check_successor, encode_unsigned,
+                                load_artifact, make_artifact, path_from_uri, sign, signed_bytes, store_artifact,
                                 verify, verify_with_artifact)
 
 KEY = b"test-key-0123456789"
@@ -78,8 +78,8 @@ def test_a_canary_carries_its_champions_artifact_under_the_signature(tmp_path):
     value = sign(u, KEY)
     got = verify(value, KEY)
     assert got == u and got.champion_artifact == ref
-    assert champion_artifact_bytes(got) == champ
-    c = champion_update(got)
+    c, data = champion_with_artifact(got)
+    assert data == champ
     assert (c.version, c.action, c.artifact_sha256, c.artifact_inline) == (2, "promote", sha, champ)
     # the signature covers it: another champion under the same signature is refused
     msg = orjson.loads(value)
@@ -90,11 +90,11 @@ def test_a_canary_carries_its_champions_artifact_under_the_signature(tmp_path):
     # bytes that do not match the signed sha256, and a file that is gone
     forged = update(action="canary", champion_artifact=ArtifactRef("ct_stream.linear/1", "0" * 64, inline=champ))
     with pytest.raises(VerificationError) as e:
-        champion_artifact_bytes(verify(sign(forged, KEY), KEY))
+        champion_with_artifact(verify(sign(forged, KEY), KEY))
     assert reason(e) == "bad_hash"
     gone = ArtifactRef("ct_stream.linear/1", sha, uri=f"file://{tmp_path}/gone.json")
     with pytest.raises(VerificationError) as e:
-        champion_artifact_bytes(verify(sign(update(action="canary", champion_artifact=gone), KEY), KEY))
+        champion_with_artifact(verify(sign(update(action="canary", champion_artifact=gone), KEY), KEY))
     assert reason(e) == "missing_artifact"
 
 
@@ -110,7 +110,7 @@ def test_champion_artifact_only_on_a_canary_and_absent_when_unset():
     msg = orjson.loads(sign(update(action="canary"), KEY))
     assert "champion_artifact" not in msg
     with pytest.raises(RegistryError, match="champion_artifact: got None"):
-        champion_update(verify(sign(update(action="canary"), KEY), KEY))
+        champion_with_artifact(verify(sign(update(action="canary"), KEY), KEY))
 
 
 def test_injected_reader_is_used():

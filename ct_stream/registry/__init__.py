@@ -15,15 +15,15 @@ from ct_stream.errors import RegistryError, VerificationError
 from ct_stream.registry.artifact import (INLINE_LIMIT, LINEAR_FORMAT, inline_size, load_artifact,
                                          make_artifact, store_artifact)
 from ct_stream.registry.message import (ACTIONS, FORMATS, MESSAGE_KIND, Action, ArtifactFormat, ArtifactRef,
-                                        ModelUpdate, champion_artifact_bytes, champion_update,
-                                        champion_version, check_successor, decode,
+                                        ModelUpdate, champion_version, champion_with_artifact,
+                                        check_successor, decode,
                                         encode_unsigned, path_from_uri, read_artifact_file, sign,
                                         signed_bytes, verify, verify_with_artifact)
 
 __all__ = [
     "ACTIONS", "FORMATS", "INLINE_LIMIT", "LINEAR_FORMAT", "MESSAGE_KIND", "Action",
     "ArtifactFormat", "ArtifactRef", "ModelUpdate", "RegistryError", "VerificationError",
-    "champion_artifact_bytes", "champion_update", "champion_version",
+    "champion_version", "champion_with_artifact",
     "check_successor", "decode", "encode_unsigned", "inline_size", "load_artifact",
     "make_artifact", "path_from_uri", "read_artifact_file", "sign", "signed_bytes",
     "store_artifact", "verify", "verify_with_artifact",

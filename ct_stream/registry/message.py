@@ -40,7 +40,7 @@ from ct_stream.errors import RegistryError, VerificationError
 
 __all__ = [
     "ACTIONS", "FORMATS", "MESSAGE_KIND", "Action", "ArtifactFormat", "ArtifactRef", "ModelUpdate",
-    "champion_artifact_bytes", "champion_update", "check_successor", "champion_version", "decode",
+    "champion_version", "champion_with_artifact", "check_successor", "decode",
     "encode_unsigned", "path_from_uri", "read_artifact_file", "sign", "signed_bytes", "verify",
     "verify_with_artifact",
 ]
@@ -160,6 +160,12 @@ def _check_artifact(prefix: str, fmt: Any, sha256: Any, inline: Any, uri: Any) -
     return bytes(inline)
 
 
+def _artifact_json(fmt: str, sha256: str, inline: bytes | None, uri: str | None) -> dict[str, Any]:
+    """An artifact object of the message: inline bytes as base64, or the URI."""
+    return {"format": fmt, "sha256": sha256,
+            "inline": None if inline is None else base64.b64encode(inline).decode("ascii"), "uri": uri}
+
+
 @dataclass(frozen=True)
 class ArtifactRef:
     """An artifact a message names besides its own: its format, sha256, and either its
@@ -177,9 +183,7 @@ class ArtifactRef:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (inline bytes as base64), as the message's ``artifact`` field."""
-        inline = self.inline
-        return {"format": self.format, "sha256": self.sha256,
-                "inline": None if inline is None else base64.b64encode(inline).decode("ascii"), "uri": self.uri}
+        return _artifact_json(self.format, self.sha256, self.inline, self.uri)
 
 
 @dataclass(frozen=True)
@@ -196,7 +200,7 @@ class ModelUpdate:
     ``champion_artifact`` (a ``canary`` only): the artifact of the champion the canary
     runs beside (version ``parent_version``). The topic is compacted by model name, so
     once a canary is published the champion's own update may be gone; with this a node
-    or trainer that starts then still gets both (:func:`champion_update`).
+    or trainer that starts then still gets both (:func:`champion_with_artifact`).
 
     >>> ModelUpdate(name="m", version=1, parent_version=None, action="promote", created_at=0.0,
     ...             artifact_format="ct_stream.linear/1", artifact_sha256="0" * 64,
@@ -261,7 +265,6 @@ class ModelUpdate:
     def to_dict(self, signature: str | None = None) -> dict[str, Any]:
         """The message as a JSON-able dict (inline artifact base64, partitions as strings;
         ``champion_artifact`` only when set)."""
-        inline = self.artifact_inline
         message = {
             "kind": MESSAGE_KIND,
             "name": self.name,
@@ -269,12 +272,8 @@ class ModelUpdate:
             "parent_version": self.parent_version,
             "action": self.action,
             "created_at": self.created_at,
-            "artifact": {
-                "format": self.artifact_format,
-                "sha256": self.artifact_sha256,
-                "inline": None if inline is None else base64.b64encode(inline).decode("ascii"),
-                "uri": self.artifact_uri,
-            },
+            "artifact": _artifact_json(self.artifact_format, self.artifact_sha256, self.artifact_inline,
+                                       self.artifact_uri),
             "metrics": self.metrics,
             "gate_report": self.gate_report,
             "lineage": {
@@ -458,37 +457,34 @@ def verify_with_artifact(value: bytes, key: bytes | None, *, insecure: bool = Fa
     return update, _artifact_bytes(update.artifact_inline, update.artifact_uri, update.artifact_sha256, read_file)
 
 
-def champion_artifact_bytes(update: ModelUpdate, read_file: Callable[[str], bytes] = read_artifact_file) -> bytes:
-    """The bytes of a VERIFIED canary's ``champion_artifact`` (the message's signature
-    covers its sha256), checked like the main artifact: ``missing_artifact`` or
-    ``bad_hash`` (:class:`VerificationError`). ``RegistryError`` when there is none."""
-    ref = update.champion_artifact
-    if ref is None:
-        raise RegistryError("champion_artifact", None, "an ArtifactRef (a canary published with its champion)")
-    return _artifact_bytes(ref.inline, ref.uri, ref.sha256, read_file)
+def champion_with_artifact(canary: ModelUpdate, read_file: Callable[[str], bytes] = read_artifact_file
+                           ) -> tuple[ModelUpdate, bytes]:
+    """The champion a VERIFIED canary runs beside, as an update of its own, and its
+    artifact's bytes: version ``canary.parent_version``, action ``promote``, the canary's
+    ``champion_artifact`` (its sha256 is covered by the canary's signature, and the bytes
+    are checked against it like the main artifact's: ``missing_artifact`` or ``bad_hash``,
+    :class:`VerificationError`), ``created_at`` the canary's; metrics, gate report and
+    lineage are not carried (empty). For a node or trainer that starts after compaction
+    removed the champion's own update. ``RegistryError`` when the canary carries none.
 
-
-def champion_update(canary: ModelUpdate) -> ModelUpdate:
-    """The champion a canary runs beside, as an update of its own: version
-    ``canary.parent_version``, action ``promote``, the canary's ``champion_artifact``,
-    ``created_at`` the canary's; metrics, gate report and lineage are not carried (empty).
-    For a node or trainer that starts after compaction removed the champion's update.
-
-    >>> ref = ArtifactRef("ct_stream.linear/1", "0" * 64, uri="file:///m-v4.json")
+    >>> import hashlib
+    >>> art = b'{"kind": "champion"}'
+    >>> ref = ArtifactRef("ct_stream.linear/1", hashlib.sha256(art).hexdigest(), inline=art)
     >>> c = ModelUpdate(name="m", version=5, parent_version=4, action="canary", created_at=9.0,
     ...                 artifact_format="ct_stream.linear/1", artifact_sha256="1" * 64,
     ...                 artifact_uri="file:///m-v5.json", champion_artifact=ref)
-    >>> u = champion_update(c)
-    >>> u.version, u.action, u.artifact_uri
-    (4, 'promote', 'file:///m-v4.json')
+    >>> u, data = champion_with_artifact(c)
+    >>> u.version, u.action, data == art
+    (4, 'promote', True)
     """
     ref = canary.champion_artifact
     if ref is None or canary.parent_version is None:
         raise RegistryError("champion_artifact", None, "an ArtifactRef (a canary published with its champion)")
+    data = _artifact_bytes(ref.inline, ref.uri, ref.sha256, read_file)
     return ModelUpdate(name=canary.name, version=canary.parent_version, parent_version=None, action="promote",
                        created_at=canary.created_at, artifact_format=ref.format, artifact_sha256=ref.sha256,
                        artifact_inline=ref.inline, artifact_uri=ref.uri, topology_hash=canary.topology_hash,
-                       package_version=canary.package_version)
+                       package_version=canary.package_version), data
 
 
 def verify(value: bytes, key: bytes | None, *, insecure: bool = False,

@@ -16,8 +16,8 @@ from typing import Any, Callable
 
 from ct_stream.errors import RegistryError, VerificationError
 from ct_stream.kafka.trainer_io import ModelPublisher, read_topic
-from ct_stream.registry import (ModelUpdate, champion_artifact_bytes, champion_update, champion_version,
-                                check_successor, decode, encode_unsigned, sign, verify_with_artifact)
+from ct_stream.registry import (ModelUpdate, champion_version, champion_with_artifact, check_successor, decode,
+                                encode_unsigned, sign, verify_with_artifact)
 from ct_stream.topology import Topology
 
 __all__ = ["Entry", "read_updates", "rollback"]
@@ -93,10 +93,9 @@ def rollback(bootstrap: str, topology: Topology, key: bytes | None, to_version: 
     for u in list(good):  # a champion whose own update was compacted away rides on its canary
         if u.champion_artifact is not None and all(g.version != u.parent_version for g in good):
             try:
-                champion_artifact_bytes(u)
+                good.append(champion_with_artifact(u)[0])
             except VerificationError:
                 continue
-            good.append(champion_update(u))
     target = next((u for u in good if u.version == to_version and u.action != "rollback"), None)
     if target is None:
         have = sorted(u.version for u in good if u.action != "rollback")

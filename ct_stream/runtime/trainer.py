@@ -59,8 +59,8 @@ from ct_stream.learn.drift import ConceptDriftMonitor, DataDriftMonitor
 from ct_stream.learn.online import LearnStep, OnlineLearner, VersionMetrics, learner_from_artifact, make_learner
 from ct_stream.metrics import TrainerMetrics
 from ct_stream.records import decode_examples, example_schema
-from ct_stream.registry import (ArtifactRef, ModelUpdate, VerificationError, champion_artifact_bytes,
-                                champion_update, champion_version, check_successor, encode_unsigned, inline_size,
+from ct_stream.registry import (ArtifactRef, ModelUpdate, VerificationError, champion_version,
+                                champion_with_artifact, check_successor, encode_unsigned, inline_size,
                                 path_from_uri, read_artifact_file, sign, store_artifact)
 from ct_stream.runtime.checkpoint import write_atomic
 from ct_stream.runtime.models import read_updates
@@ -344,7 +344,7 @@ class TrainerWorker:
         if source is None and latest.champion_artifact is not None:
             # the champion's own update was compacted away: the canary carries its artifact
             try:
-                updates[cv] = (champion_update(latest), champion_artifact_bytes(latest))
+                updates[cv] = champion_with_artifact(latest)
                 source = updates[cv][0]
             except VerificationError as e:
                 log.warning("champion v%d: the artifact canary v%d carries does not verify (%s)", cv,

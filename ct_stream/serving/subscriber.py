@@ -43,8 +43,7 @@ from prometheus_client import CollectorRegistry
 from ct_stream.errors import RegistryError, ServingError, VerificationError
 from ct_stream.learn.online import OnlineLearner, learner_from_artifact
 from ct_stream.metrics import ServingMetrics
-from ct_stream.registry import (ModelUpdate, champion_artifact_bytes, champion_update, check_successor, decode,
-                                verify_with_artifact)
+from ct_stream.registry import ModelUpdate, champion_with_artifact, check_successor, decode, verify_with_artifact
 from ct_stream.serving.routing import CANARY, CHAMPION, Route, _point64, threshold
 from ct_stream.topology import Topology
 
@@ -340,28 +339,22 @@ class ModelSubscriber:
         except RegistryError as e:
             log.info("%s: v%d (%s) does not follow the last update seen here (%s); applied anyway: this node "
                      "may have missed history that was compacted away", where, update.version, update.action, e)
+        champion = None
+        current = self._snapshot.champion  # only this thread swaps snapshots
         try:
             learner = learner_from_artifact(update.artifact_format, data, self.topology)
+            if update.champion_artifact is not None and (current is None or current.version != update.parent_version):
+                # a canary whose champion this node does not hold (its update compacted
+                # away, or rejected here): the canary carries the champion's artifact, signed with it
+                c_update, c_data = champion_with_artifact(update)
+                champion = _Loaded(c_update.version, c_update,
+                                   learner_from_artifact(c_update.artifact_format, c_data, self.topology))
+        except VerificationError as e:
+            self._reject(e.reason, where, update.version, f"its champion's artifact: {e}")
+            return
         except Exception as e:  # noqa: BLE001 - verified bytes that make no model for this topology
             self._reject("unloadable", where, update.version, f"{type(e).__name__}: {e}")
             return
-        champion = None
-        current = self._snapshot.champion  # only this thread swaps snapshots
-        if update.champion_artifact is not None and (current is None or current.version != update.parent_version):
-            # a canary whose champion this node does not hold (its update compacted away,
-            # or rejected here): the canary carries the champion's artifact, signed with it
-            try:
-                c_data = champion_artifact_bytes(update)
-            except VerificationError as e:
-                self._reject(e.reason, where, update.version, f"its champion's artifact: {e}")
-                return
-            c_update = champion_update(update)
-            try:
-                c_learner = learner_from_artifact(c_update.artifact_format, c_data, self.topology)
-            except Exception as e:  # noqa: BLE001
-                self._reject("unloadable", where, update.version, f"its champion's artifact: {type(e).__name__}: {e}")
-                return
-            champion = _Loaded(c_update.version, c_update, c_learner)
         self._apply(update, learner, where, champion)
 
     def _reject(self, reason: str, where: str, version: int | None, detail: str) -> None:
