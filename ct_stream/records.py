@@ -32,12 +32,17 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from itertools import repeat
 from operator import itemgetter
-from typing import Any, Literal, Mapping, Sequence, get_args
+from typing import Any, Callable, Literal, Mapping, Sequence, get_args
 
 import orjson
 import pyarrow as pa
 
 from ct_stream.errors import CodecError, TopologyError
+
+try:  # the native data path (native/, Rust): absent when ct-stream was built without cargo
+    from ct_stream import _native
+except ImportError:  # pragma: no cover - depends on the build
+    _native = None  # type: ignore[assignment]
 
 __all__ = [
     "FeatureType",
@@ -138,6 +143,7 @@ class RecordSchema:
     _plan: tuple[tuple[str, int], ...] = field(init=False, repr=False, compare=False)
     _int_limit: int = field(init=False, repr=False, compare=False)
     _example_schema: pa.Schema = field(init=False, repr=False, compare=False)
+    _native_decoder: Any = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         allowed_types = "'float', 'int', 'bool' or 'str'"
@@ -179,6 +185,9 @@ class RecordSchema:
         set_(self, "_plan", tuple(plan))
         set_(self, "_int_limit", min(int(mav), _INT64_MAX))
         set_(self, "_example_schema", _build_example_schema(self))
+        set_(self, "_native_decoder", None if _native is None else _native.Decoder(
+            [n for n, _ in plan], [c for _, c in plan], self.label_type, self.id_field, self.ts_field,
+            self.max_record_bytes, self.max_string_length, self.max_abs_value, self._int_limit, Event, Label))
 
 
 @dataclass(slots=True)
@@ -654,18 +663,44 @@ def _labels_columnar(values: Sequence[bytes | None], schema: RecordSchema) -> li
     return list(map(Label, ids, ts, labels))
 
 
+def _complete(native: tuple[list[Any], int], values: Sequence[bytes | None], schema: RecordSchema,
+              kafka_ts_ms: Sequence[int | None] | None,
+              decode_one: Callable[..., Any]) -> tuple[list[Any], list[tuple[int, Reject]]]:
+    """The native decoder's batch (a record or None per value, and how many are None)
+    with its None values decoded here: the records, and ``(index, reject)`` pairs."""
+    decoded, n_missing = native
+    if not n_missing:
+        return decoded, []
+    good: list[Any] = []
+    rejects: list[tuple[int, Reject]] = []
+    for i, r in enumerate(decoded):
+        if r is None:
+            r = decode_one(values[i], schema, None if kafka_ts_ms is None else kafka_ts_ms[i])
+            if type(r) is Reject:
+                rejects.append((i, r))
+                continue
+        good.append(r)
+    return good, rejects
+
+
 def decode_events(values: Sequence[bytes | None], schema: RecordSchema,
                   kafka_ts_ms: Sequence[int | None] | None = None) -> tuple[list[Event], list[tuple[int, Reject]]]:
     """Decode a batch of event records: the events, and ``(index, reject)`` pairs for
     the rest (index into ``values``). ``kafka_ts_ms``, when given, must be as long as
     ``values`` (``ValueError`` otherwise).
 
-    A batch of :data:`_COLUMNAR_MIN` records or more is first checked a field at a time
-    across the batch; a batch with any record out of the common form (a reject, an ISO
-    or missing ts, a conversion beyond int to float) is decoded record by record. The
-    result is the same either way.
+    With the native data path (``ct_stream._native``, built from ``native/`` when cargo
+    is present), the records in the common form are decoded natively and the others
+    record by record here. Without it, a batch of :data:`_COLUMNAR_MIN` records or more
+    is first checked a field at a time across the batch; a batch with any record out of
+    the common form (a reject, an ISO or missing ts, a conversion beyond int to float) is
+    decoded record by record. The result is the same either way.
     """
     _check_lengths(values, kafka_ts_ms)
+    native = schema._native_decoder
+    if native is not None:
+        return _complete(native.events(values if type(values) is list else list(values)), values, schema,
+                         kafka_ts_ms, decode_event)
     if len(values) >= _COLUMNAR_MIN:
         fast = _events_columnar(values, schema)
         if fast is not None:
@@ -685,6 +720,10 @@ def decode_labels(values: Sequence[bytes | None], schema: RecordSchema,
                   kafka_ts_ms: Sequence[int | None] | None = None) -> tuple[list[Label], list[tuple[int, Reject]]]:
     """Decode a batch of label records, like :func:`decode_events`."""
     _check_lengths(values, kafka_ts_ms)
+    native = schema._native_decoder
+    if native is not None:
+        return _complete(native.labels(values if type(values) is list else list(values)), values, schema,
+                         kafka_ts_ms, decode_label)
     if len(values) >= _COLUMNAR_MIN:
         fast = _labels_columnar(values, schema)
         if fast is not None:

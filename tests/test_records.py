@@ -5,6 +5,7 @@ Pure tests: no broker.
 
 from __future__ import annotations
 
+import dataclasses
 import doctest
 import math
 from types import SimpleNamespace
@@ -382,13 +383,27 @@ def _one_by_one(values: list[bytes], decode: Any, schema: RecordSchema) -> tuple
     return [r for r in out if type(r) is not Reject], [(i, r) for i, r in enumerate(out) if type(r) is Reject]
 
 
+def python_path(schema: RecordSchema) -> RecordSchema:
+    """``schema`` without the native decoder (``ct_stream._native``): the batch decoders
+    then take the columnar check below."""
+    copy = dataclasses.replace(schema)
+    object.__setattr__(copy, "_native_decoder", None)
+    return copy
+
+
 def _same_as_one_by_one(values: list[bytes], schema: RecordSchema) -> None:
+    """Both batch paths (native when built, and the Python columnar check) against
+    decoding record by record."""
     for batch_decode, decode in ((decode_events, decode_event), (decode_labels, decode_label)):
-        got, expected = batch_decode(values, schema), _one_by_one(values, decode, schema)
-        assert got == expected
-        if batch_decode is decode_events:  # == does not see dict order
-            assert [list(e.features) for e in got[0]] == [list(e.features) for e in expected[0]]
-        assert [type(v) for e in got[0] for v in vars_of(e)] == [type(v) for e in expected[0] for v in vars_of(e)]
+        for path in (schema, python_path(schema)):
+            _same_batch(batch_decode(values, path), _one_by_one(values, decode, schema), batch_decode)
+
+
+def _same_batch(got: Any, expected: Any, batch_decode: Any) -> None:
+    assert got == expected
+    if batch_decode is decode_events:  # == does not see dict order
+        assert [list(e.features) for e in got[0]] == [list(e.features) for e in expected[0]]
+    assert [type(v) for e in got[0] for v in vars_of(e)] == [type(v) for e in expected[0] for v in vars_of(e)]
 
 
 def vars_of(record: Event | Label) -> list[Any]:

@@ -1,0 +1,399 @@
+//! ct-stream's native data path (the Python module `ct_stream._native`).
+//!
+//! Today: [`Decoder`], the batch decoder of event and label records in the common form.
+//! For every record in the common form it gives exactly what `ct_stream.records.decode_event`
+//! / `decode_label` give, and `None` for any other record (a reject, a missing or ISO ts,
+//! a conversion other than int to float, anything the strict scanner leaves to Python),
+//! which the caller then decodes in Python. Property tests compare the two
+//! (tests/test_native.py).
+
+mod json;
+
+use json::{Scanner, Val};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyFloat, PyList, PyString};
+use std::borrow::Cow;
+
+/// Integers with a larger absolute value do not all convert to f64 exactly: left to Python.
+const EXACT_INT: i64 = 1 << 53;
+
+const FLOAT: u8 = 0;
+const INT: u8 = 1;
+const BOOL: u8 = 2;
+const STR: u8 = 3;
+
+#[derive(Clone, Copy, PartialEq)]
+enum LabelType {
+    Binary,
+    Multiclass,
+    Regression,
+}
+
+/// The common-form values of one record, before any Python object is made.
+enum Feat<'a> {
+    F(f64),
+    I(i64),
+    B(bool),
+    S(Cow<'a, str>),
+}
+
+enum Id<'a> {
+    S(Cow<'a, str>),
+    I(i64),
+}
+
+enum Pred<'a> {
+    None,
+    F(f64),
+    S(Cow<'a, str>),
+}
+
+enum Lab<'a> {
+    B(bool),
+    F(f64),
+    S(Cow<'a, str>),
+}
+
+struct EventRec<'a> {
+    id: Id<'a>,
+    ts: f64,
+    feats: Vec<Feat<'a>>,
+    served_version: Option<i64>,
+    prediction: Pred<'a>,
+}
+
+struct LabelRec<'a> {
+    id: Id<'a>,
+    ts: f64,
+    label: Lab<'a>,
+}
+
+/// Decodes batches of event or label records (JSON bytes) of one record schema.
+#[pyclass(module = "ct_stream._native", frozen)]
+struct Decoder {
+    names: Vec<String>,
+    codes: Vec<u8>,
+    label_type_name: String,
+    py_names: Vec<Py<PyString>>,
+    label_type: LabelType,
+    id_field: String,
+    ts_field: String,
+    max_record_bytes: usize,
+    max_string_length: usize,
+    max_abs_value: f64,
+    int_limit: i64,
+    event_cls: PyObject,
+    label_cls: PyObject,
+}
+
+fn too_long(s: &str, limit: usize) -> bool {
+    s.len() > limit && s.chars().count() > limit
+}
+
+fn as_f64(v: &Val) -> Option<f64> {
+    match v {
+        Val::Float(f) => Some(*f),
+        Val::Int(i) if i.unsigned_abs() <= EXACT_INT as u64 => Some(*i as f64),
+        _ => None,
+    }
+}
+
+impl Decoder {
+    fn check_id<'a>(&self, v: Option<Val<'a>>) -> Option<Id<'a>> {
+        match v? {
+            Val::Str(s) if !s.is_empty() && !too_long(&s, self.max_string_length) => Some(Id::S(s)),
+            Val::Int(i) => Some(Id::I(i)),
+            _ => None,
+        }
+    }
+
+    fn check_ts(&self, v: Option<Val>) -> Option<f64> {
+        as_f64(&v?)
+    }
+
+    fn in_range(&self, f: f64) -> bool {
+        -self.max_abs_value <= f && f <= self.max_abs_value
+    }
+
+    /// The top-level object: `fields(key, scanner)` handles a key's value (and returns
+    /// false to refuse the record); other keys' values are scanned and ignored.
+    fn object<'a>(&self, value: &'a [u8], mut field: impl FnMut(&str, &mut Scanner<'a>) -> Option<bool>) -> Option<()> {
+        if value.len() > self.max_record_bytes {
+            return None;
+        }
+        let mut sc = Scanner::new(value);
+        if !sc.eat(b'{') {
+            return None;
+        }
+        if !sc.eat(b'}') {
+            loop {
+                let key = sc.string()?;
+                if !sc.eat(b':') {
+                    return None;
+                }
+                if !field(&key, &mut sc)? {
+                    sc.value(0)?;
+                }
+                if sc.eat(b',') {
+                    continue;
+                }
+                if sc.eat(b'}') {
+                    break;
+                }
+                return None;
+            }
+        }
+        if sc.at_end() {
+            Some(())
+        } else {
+            None
+        }
+    }
+
+    fn features<'a>(&self, sc: &mut Scanner<'a>) -> Option<Vec<Feat<'a>>> {
+        if !sc.eat(b'{') {
+            return None; // not an object (or null): left to Python
+        }
+        let n = self.names.len();
+        // the last value of a key counts (as orjson reads a key given twice)
+        let mut slots: Vec<Option<Val<'a>>> = (0..n).map(|_| None).collect();
+        if !sc.eat(b'}') {
+            loop {
+                let key = sc.string()?;
+                if !sc.eat(b':') {
+                    return None;
+                }
+                // an undeclared feature: the events must not keep it (left to Python)
+                let k = self.names.iter().position(|name| *name == key)?;
+                slots[k] = Some(sc.value(1)?);
+                if sc.eat(b',') {
+                    continue;
+                }
+                if sc.eat(b'}') {
+                    break;
+                }
+                return None;
+            }
+        }
+        // a declared feature missing, or of another type: None
+        slots.into_iter().zip(&self.codes).map(|(v, code)| self.feature(v?, *code)).collect()
+    }
+
+    fn feature<'a>(&self, v: Val<'a>, code: u8) -> Option<Feat<'a>> {
+        Some(match code {
+            FLOAT => {
+                let f = as_f64(&v)?;
+                if !self.in_range(f) {
+                    return None;
+                }
+                Feat::F(f)
+            }
+            INT => match v {
+                Val::Int(i) if -self.int_limit <= i && i <= self.int_limit => Feat::I(i),
+                _ => return None,
+            },
+            BOOL => match v {
+                Val::Bool(b) => Feat::B(b),
+                _ => return None,
+            },
+            _ => match v {
+                Val::Str(s) if !too_long(&s, self.max_string_length) => Feat::S(s),
+                _ => return None,
+            },
+        })
+    }
+
+    fn event<'a>(&self, value: &'a [u8]) -> Option<EventRec<'a>> {
+        let (mut id, mut ts, mut feats, mut sv, mut pred) = (None, None, None, Val::Null, Val::Null);
+        let mut n_feats = 0;
+        self.object(value, |key, sc| {
+            if key == self.id_field {
+                id = Some(sc.value(0)?);
+            } else if key == self.ts_field {
+                ts = Some(sc.value(0)?);
+            } else if key == "features" {
+                n_feats += 1;
+                feats = Some(self.features(sc)?);
+            } else if key == "served_version" {
+                sv = sc.value(0)?;
+            } else if key == "prediction" {
+                pred = sc.value(0)?;
+            } else {
+                return Some(false);
+            }
+            Some(true)
+        })?;
+        if n_feats != 1 {
+            return None; // missing, or given twice (the last one counts): left to Python
+        }
+        let served_version = match sv {
+            Val::Null => None,
+            Val::Int(i) if 0 <= i && i <= self.int_limit => Some(i),
+            _ => return None,
+        };
+        let prediction = match pred {
+            Val::Null => Pred::None,
+            Val::Str(s) if self.label_type == LabelType::Multiclass && !too_long(&s, self.max_string_length) => {
+                Pred::S(s)
+            }
+            v @ (Val::Float(_) | Val::Int(_)) if self.label_type != LabelType::Multiclass => {
+                let f = as_f64(&v)?;
+                if !self.in_range(f) {
+                    return None;
+                }
+                Pred::F(f)
+            }
+            _ => return None,
+        };
+        Some(EventRec { id: self.check_id(id)?, ts: self.check_ts(ts)?, feats: feats?, served_version, prediction })
+    }
+
+    fn label<'a>(&self, value: &'a [u8]) -> Option<LabelRec<'a>> {
+        let (mut id, mut ts, mut label) = (None, None, None);
+        self.object(value, |key, sc| {
+            if key == self.id_field {
+                id = Some(sc.value(0)?);
+            } else if key == self.ts_field {
+                ts = Some(sc.value(0)?);
+            } else if key == "label" {
+                label = Some(sc.value(0)?);
+            } else {
+                return Some(false);
+            }
+            Some(true)
+        })?;
+        let label = match (self.label_type, label?) {
+            (LabelType::Binary, Val::Bool(b)) => Lab::B(b),
+            (LabelType::Multiclass, Val::Str(s)) if !s.is_empty() && !too_long(&s, self.max_string_length) => {
+                Lab::S(s)
+            }
+            (LabelType::Regression, v @ (Val::Float(_) | Val::Int(_))) => {
+                let f = as_f64(&v)?;
+                if !self.in_range(f) {
+                    return None;
+                }
+                Lab::F(f)
+            }
+            _ => return None,
+        };
+        Some(LabelRec { id: self.check_id(id)?, ts: self.check_ts(ts)?, label })
+    }
+}
+
+fn id_object<'py>(py: Python<'py>, id: &Id) -> Bound<'py, PyAny> {
+    match id {
+        Id::S(s) => PyString::new(py, s).into_any(),
+        Id::I(i) => PyString::new(py, &i.to_string()).into_any(),
+    }
+}
+
+#[pymethods]
+impl Decoder {
+    #[new]
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (names, codes, label_type, id_field, ts_field, max_record_bytes, max_string_length,
+                        max_abs_value, int_limit, event_cls, label_cls))]
+    fn new(py: Python<'_>, names: Vec<String>, codes: Vec<u8>, label_type: &str, id_field: String, ts_field: String,
+           max_record_bytes: usize, max_string_length: usize, max_abs_value: f64, int_limit: i64,
+           event_cls: PyObject, label_cls: PyObject) -> PyResult<Self> {
+        use pyo3::exceptions::PyValueError;
+        if names.len() != codes.len() || names.is_empty() || codes.iter().any(|c| *c > STR) {
+            return Err(PyValueError::new_err(format!(
+                "Decoder: got {} names and codes {:?}; allowed: as many codes (0..=3) as names, at least one",
+                names.len(), codes)));
+        }
+        let label_type_name = label_type;
+        let label_type = match label_type {
+            "binary" => LabelType::Binary,
+            "multiclass" => LabelType::Multiclass,
+            "regression" => LabelType::Regression,
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "Decoder: label_type '{other}'; allowed: 'binary', 'multiclass' or 'regression'")))
+            }
+        };
+        let py_names = names.iter().map(|n| PyString::intern(py, n).unbind()).collect();
+        let label_type_name = label_type_name.to_owned();
+        Ok(Decoder { names, codes, label_type_name, py_names, label_type, id_field, ts_field, max_record_bytes, max_string_length,
+                     max_abs_value, int_limit, event_cls, label_cls })
+    }
+
+    /// Pickled as its constructor's arguments (a topology that holds one is pickled for
+    /// the retrain process).
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+        let py = slf.py();
+        let d = slf.get();
+        let args = (d.names.clone(), d.codes.clone(), d.label_type_name.clone(), d.id_field.clone(), d.ts_field.clone(),
+                    d.max_record_bytes, d.max_string_length, d.max_abs_value, d.int_limit, d.event_cls.clone_ref(py),
+                    d.label_cls.clone_ref(py)).into_pyobject(py)?;
+        Ok((slf.get_type().into_any(), args.into_any()))
+    }
+
+    /// The events of a batch of record values: a list as long as ``values`` holding an
+    /// ``Event``, or None for a value not in the common form (to decode in Python), and
+    /// how many are None.
+    fn events<'py>(&self, py: Python<'py>, values: &Bound<'py, PyList>) -> PyResult<(Bound<'py, PyList>, usize)> {
+        let items: Vec<Option<Bound<'py, PyBytes>>> = values.iter().map(|v| v.downcast_into::<PyBytes>().ok()).collect();
+        let recs: Vec<Option<EventRec>> = items.iter().map(|b| b.as_ref().and_then(|b| self.event(b.as_bytes()))).collect();
+        let out = PyList::empty(py);
+        let cls = self.event_cls.bind(py);
+        let mut missing = 0;
+        for r in recs {
+            let Some(r) = r else {
+                missing += 1;
+                out.append(py.None())?;
+                continue;
+            };
+            let feats = PyDict::new(py);
+            for (name, f) in self.py_names.iter().zip(&r.feats) {
+                let v = match f {
+                    Feat::F(x) => PyFloat::new(py, *x).into_any(),
+                    Feat::I(x) => x.into_pyobject(py)?.into_any(),
+                    Feat::B(x) => x.into_pyobject(py)?.to_owned().into_any(),
+                    Feat::S(x) => PyString::new(py, x).into_any(),
+                };
+                feats.set_item(name.bind(py), v)?;
+            }
+            let sv = match r.served_version {
+                Some(v) => v.into_pyobject(py)?.into_any(),
+                None => py.None().into_bound(py),
+            };
+            let pred = match &r.prediction {
+                Pred::None => py.None().into_bound(py),
+                Pred::F(x) => PyFloat::new(py, *x).into_any(),
+                Pred::S(x) => PyString::new(py, x).into_any(),
+            };
+            out.append(cls.call1((id_object(py, &r.id), PyFloat::new(py, r.ts), feats, sv, pred))?)?;
+        }
+        Ok((out, missing))
+    }
+
+    /// The labels of a batch of record values, like :meth:`events`.
+    fn labels<'py>(&self, py: Python<'py>, values: &Bound<'py, PyList>) -> PyResult<(Bound<'py, PyList>, usize)> {
+        let items: Vec<Option<Bound<'py, PyBytes>>> = values.iter().map(|v| v.downcast_into::<PyBytes>().ok()).collect();
+        let recs: Vec<Option<LabelRec>> = items.iter().map(|b| b.as_ref().and_then(|b| self.label(b.as_bytes()))).collect();
+        let out = PyList::empty(py);
+        let cls = self.label_cls.bind(py);
+        let mut missing = 0;
+        for r in recs {
+            let Some(r) = r else {
+                missing += 1;
+                out.append(py.None())?;
+                continue;
+            };
+            let label = match &r.label {
+                Lab::B(x) => x.into_pyobject(py)?.to_owned().into_any(),
+                Lab::F(x) => PyFloat::new(py, *x).into_any(),
+                Lab::S(x) => PyString::new(py, x).into_any(),
+            };
+            out.append(cls.call1((id_object(py, &r.id), PyFloat::new(py, r.ts), label))?)?;
+        }
+        Ok((out, missing))
+    }
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Decoder>()?;
+    Ok(())
+}

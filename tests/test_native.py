@@ -1,0 +1,329 @@
+"""The native data path (``ct_stream._native``, built from ``native/``) against the
+Python reference: for every record the native decoder takes it gives exactly what
+:func:`decode_event` / :func:`decode_label` give (values and their types, dict order),
+and the records it leaves to Python are decoded there, so a batch decodes the same with
+and without it. JSON text is written here byte by byte (whitespace, number spellings,
+escapes, duplicate keys), so the strict scanner is compared with orjson too."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pickle
+import shutil
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import ct_stream.records as records
+from ct_stream.records import (Event, Label, RecordSchema, Reject, decode_event, decode_events, decode_label,
+                               decode_labels, encode_event, encode_label)
+
+pytestmark = pytest.mark.skipif(records._native is None, reason="ct_stream._native is not built (no cargo)")
+
+SCHEMAS = [
+    RecordSchema(features={"price": "float", "qty": "int", "member": "bool", "country": "str"}, label_type="binary"),
+    RecordSchema(features={"x": "float"}, label_type="multiclass", max_string_length=6),
+    RecordSchema(features={"x": "float", "y": "float"}, label_type="regression", max_abs_value=1e17,
+                 id_field="key", ts_field="time"),
+]
+FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def pure(schema: RecordSchema) -> RecordSchema:
+    """``schema`` without the native decoder: the Python path."""
+    copy = dataclasses.replace(schema)
+    object.__setattr__(copy, "_native_decoder", None)
+    return copy
+
+
+def typed(record: Any) -> Any:
+    """A record as nested (type, value) pairs: ``1 == 1.0`` and ``-0.0 == 0.0`` for ==, not here."""
+    if isinstance(record, (Event, Label)):
+        return type(record).__name__, [(f.name, typed(getattr(record, f.name))) for f in dataclasses.fields(record)]
+    if isinstance(record, dict):
+        return [(k, typed(v)) for k, v in record.items()]
+    if isinstance(record, float):
+        return "float", repr(record)
+    return type(record).__name__, record
+
+
+def test_the_native_decoder_is_built_when_cargo_is_present() -> None:
+    """`pip install` builds it optionally (a failed build only warns): a machine with
+    cargo must have it, or the whole native path would silently be the Python one."""
+    if shutil.which("cargo") is None:
+        pytest.skip("no cargo on PATH: the pure-Python path is expected")
+    assert records._native is not None
+    assert all(s._native_decoder is not None for s in SCHEMAS)
+
+
+@pytest.mark.parametrize("schema", SCHEMAS, ids=["binary", "multiclass", "regression"])
+def test_records_in_the_contract_form_are_decoded_natively(schema: RecordSchema) -> None:
+    """What producers write (the contract's own encoder) takes the native path, not the
+    Python fallback (else the comparisons below would compare Python with itself)."""
+    names = list(schema.features)
+    samples = {"float": [0.5, -3.25, 12.0], "int": [3, -7, 0], "bool": [True, False, True], "str": ["FR", "é", ""]}
+    events = [Event(f"e{k}", 1_700_000_000.0 + k,
+                    {n: samples[schema.features[n]][k] for n in names},
+                    None if k == 0 else k, None if k == 0 else ("b" if schema.label_type == "multiclass" else 0.25))
+              for k in range(3)]
+    values = [encode_event(e, schema) for e in events]
+    got, missing = schema._native_decoder.events(values)
+    assert missing == 0 and [typed(e) for e in got] == [typed(e) for e in events]
+    label = {"binary": True, "multiclass": "cat", "regression": -2.5}[schema.label_type]
+    labels = [Label(f"e{k}", 1_700_000_000.5 + k, label) for k in range(3)]
+    got, missing = schema._native_decoder.labels([encode_label(x, schema) for x in labels])
+    assert missing == 0 and [typed(x) for x in got] == [typed(x) for x in labels]
+
+
+# ------------------------------------------------------------------ JSON text, by hand
+
+@st.composite
+def ws(draw: Any) -> str:
+    return draw(st.sampled_from(["", "", "", " ", "\n", "\t ", "\r\n"]))
+
+
+BROKEN_NUMBERS = ["1e400", "-1e400", "9223372036854775808", "18446744073709551616", "1.", ".5", "+1", "0x10", "NaN",
+                  "1e", "1e+", "--1", "01"]
+
+
+@st.composite
+def number_text(draw: Any, value: float | int, messy: bool) -> str:
+    """One spelling of ``value``; when ``messy``, now and then not JSON or out of range."""
+    if isinstance(value, int):
+        forms = [str(value), str(value), f"{value}.0", f"{value}e0", f"{value}E+0"]
+        if value == 0:
+            forms += ["-0", "-0.0", "0e-5"]
+    else:
+        forms = [repr(value), repr(value), f"{value:e}", f"{value:E}", f"{value:.17g}", f"{value:.3f}"]
+    if messy and draw(st.integers(0, 9)) == 0:
+        return draw(st.sampled_from(BROKEN_NUMBERS))
+    return draw(st.sampled_from(forms))
+
+
+@st.composite
+def string_text(draw: Any, value: str, messy: bool) -> str:
+    """``value`` as a JSON string, some characters escaped; when ``messy``, now and then broken."""
+    out = []
+    for ch in value:
+        how = draw(st.integers(0, 9))
+        if ch in '"\\' or ord(ch) < 0x20:
+            out.append("\\u%04x" % ord(ch) if how < 5
+                       else {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\t": "\\t"}.get(ch, "\\u%04x" % ord(ch)))
+        elif how == 0 and ord(ch) < 0x10000:
+            out.append("\\u%04X" % ord(ch))
+        elif how == 1 and ch == "/":
+            out.append("\\/")
+        else:
+            out.append(ch)
+    text = '"' + "".join(out) + '"'
+    broken = draw(st.integers(0, 20)) if messy else -1
+    if broken == 0:
+        text = text[:-1] + '\\ud800"'  # a lone surrogate
+    elif broken == 1:
+        text = text[:-1] + '\x01"'  # a raw control character
+    elif broken == 2:
+        text = text[:-1] + '\\q"'  # no such escape
+    elif broken == 3:
+        text = text[:-1] + '\\ud83d\\ude00"'  # an escaped surrogate pair (valid: left to Python)
+    return text
+
+
+@st.composite
+def value_text(draw: Any, value: Any, messy: bool) -> str:
+    if value is None:
+        return "null"
+    if value is True or value is False:
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return draw(number_text(value, messy))
+    if isinstance(value, str):
+        return draw(string_text(value, messy))
+    if isinstance(value, list):
+        return "[" + ",".join(draw(ws()) + draw(value_text(v, messy)) for v in value) + "]"
+    items = list(value.items())
+    if items and draw(st.integers(0, 10)) == 0:  # a key twice: the last one counts (orjson)
+        k, v = draw(st.sampled_from(items))
+        items.insert(0, (k, draw(scalars) if messy else v))
+    return "{" + ",".join(draw(ws()) + draw(string_text(k, messy)) + draw(ws()) + ":" + draw(ws())
+                          + draw(value_text(v, messy)) for k, v in items) + draw(ws()) + "}"
+
+
+numbers = (st.floats(-1e3, 1e3) | st.integers(-10**6, 10**6)
+           | st.sampled_from([0, 0.0, -0.0, 2**53, 2**53 + 1, -(2**53) - 1, 1e15, 1e15 + 1, 10**17, 2**63 - 1,
+                              5e-324, 1.7976931348623157e308, 0.1, 1 / 3]))
+texts = st.text(max_size=8) | st.sampled_from(["", "FR", "é", "a\"b", "x/y", "\\", "\U0001F600", "tab\tin",
+                                               "1234567"])
+scalars = st.none() | st.booleans() | numbers | texts
+common = {"float": st.floats(-1e3, 1e3) | st.integers(-10**6, 10**6), "int": st.integers(-10**6, 10**6),
+          "bool": st.booleans(), "str": st.text(max_size=6)}
+labels = {"binary": st.booleans(), "multiclass": st.text(min_size=1, max_size=6),
+          "regression": st.floats(-1e3, 1e3) | st.integers(-10**6, 10**6)}
+
+
+@st.composite
+def record_text(draw: Any, schema: RecordSchema) -> bytes:
+    """A record for ``schema``: half of them in the common form, spelled in many ways
+    (whitespace, number forms, escapes, key order, duplicate keys, other keys); the
+    others *messy*: fields missing, of other types, out of range, undeclared, broken."""
+    messy = draw(st.booleans())
+
+    def pick(good: Any) -> Any:
+        return draw(scalars if messy and draw(st.integers(0, 3)) == 0 else good)
+
+    feats = {n: pick(common[t]) for n, t in schema.features.items()}
+    if messy and draw(st.integers(0, 5)) == 0:
+        feats.pop(draw(st.sampled_from(list(feats))))
+    if messy and draw(st.integers(0, 5)) == 0:
+        feats["extra"] = draw(scalars)
+    feats = dict(draw(st.permutations(list(feats.items()))))
+    mc = schema.label_type == "multiclass"
+    obj: dict[str, Any] = {
+        schema.id_field: pick(st.sampled_from(["a", "b-1", "é", "a\"q"]) | st.integers(-10**6, 10**6)),
+        schema.ts_field: pick(st.floats(0, 2e9) | st.integers(0, 2 * 10**9)),
+        "features": feats if not messy or draw(st.integers(0, 8)) else draw(scalars),
+        "served_version": pick(st.none() | st.integers(0, 5)),
+        "prediction": pick(st.none() | (st.text(max_size=6) if mc else st.floats(-1, 1) | st.integers(-3, 3))),
+        "label": pick(labels[schema.label_type]),
+    }
+    for key in list(obj):
+        if draw(st.integers(0, 10)) == 0 and (messy or key in ("served_version", "prediction")):
+            del obj[key]
+    if draw(st.integers(0, 4)) == 0:
+        obj["other"] = draw(st.recursive(scalars, lambda c: st.lists(c, max_size=3)
+                                         | st.dictionaries(st.text(max_size=3), c, max_size=3), max_leaves=5))
+    obj = dict(draw(st.permutations(list(obj.items()))))
+    text = draw(ws()) + draw(value_text(obj, messy)) + draw(ws())
+    if messy and draw(st.integers(0, 20)) == 0:
+        text += draw(st.sampled_from(["x", ",", "}", "{}"]))
+    return text.encode("utf-8", "surrogatepass")
+
+
+@FUZZ
+@given(st.sampled_from(SCHEMAS).flatmap(lambda s: st.tuples(st.just(s), st.lists(record_text(s), max_size=30))))
+def test_native_decoding_equals_the_python_reference(case: tuple[RecordSchema, list[bytes]]) -> None:
+    schema, values = case
+    for kind, native, one in (("event", schema._native_decoder.events, decode_event),
+                              ("label", schema._native_decoder.labels, decode_label)):
+        got, missing = native(values)
+        assert len(got) == len(values) and missing == sum(r is None for r in got)
+        for value, r in zip(values, got):
+            expected = one(value, schema)
+            if r is not None:
+                assert type(expected) is not Reject, value
+                assert typed(r) == typed(expected), value
+            else:  # left to Python: only what the native decoder documents it leaves
+                assert type(expected) is Reject or not _common_form(value, schema, kind), value
+    reference = pure(schema)
+    for batch in (decode_events, decode_labels):
+        a, b = batch(values, schema), batch(values, reference)
+        assert [typed(r) for r in a[0]] == [typed(r) for r in b[0]] and a[1] == b[1]
+
+
+class _Big:
+    """An integer token the native decoder leaves to Python (beyond 2**53)."""
+
+
+def _common_form(value: bytes, schema: RecordSchema, kind: str) -> bool:
+    """The form the native decoder takes (native/src/lib.rs), written again as a spec:
+    JSON orjson reads, no escaped surrogate, no integer beyond 2**53, "features" once, a
+    numeric ts, an id that is a string or an integer, the declared features exactly with
+    their own JSON types (an int for a float the only conversion), a served_version that
+    is null or an int, a prediction and label of the label type's own JSON type."""
+    try:
+        orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return False
+    if b"\\ud" in value.lower():
+        return False
+    tops: list[list[str]] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        tops.append([k for k, _ in items])
+        return dict(items)
+
+    obj = json.loads(value, parse_int=lambda t: int(t) if abs(int(t)) <= 2**53 else _Big(), object_pairs_hook=pairs)
+    if not isinstance(obj, dict) or not _no_big(obj):
+        return False
+    num = (int, float)
+    rid, ts = obj.get(schema.id_field), obj.get(schema.ts_field)
+    if type(rid) not in (str, int) or type(ts) not in num:
+        return False
+    mc = schema.label_type == "multiclass"
+    if kind == "label":
+        return type(obj.get("label")) is {"binary": bool, "multiclass": str, "regression": None}[schema.label_type] \
+            or (schema.label_type == "regression" and type(obj.get("label")) in num)
+    feats, pred = obj.get("features"), obj.get("prediction")
+    if tops[-1].count("features") != 1 or type(feats) is not dict or set(feats) != set(schema.features):
+        return False
+    allowed = {"float": num, "int": (int,), "bool": (bool,), "str": (str,)}
+    return all(type(feats[n]) in allowed[t] for n, t in schema.features.items()) \
+        and type(obj.get("served_version")) in (type(None), int) \
+        and type(pred) in ((type(None), str) if mc else (type(None), int, float))
+
+
+def _no_big(obj: Any) -> bool:
+    if isinstance(obj, _Big):
+        return False
+    if isinstance(obj, dict):
+        return all(map(_no_big, obj.values()))
+    if isinstance(obj, list):
+        return all(map(_no_big, obj))
+    return True
+
+
+@pytest.mark.parametrize("text", [
+    b'{"id":"a","ts":1,"features":{"x":1e400}}',  # orjson refuses it: not JSON
+    b'{"id":"a","ts":1,"features":{"x":18446744073709551616}}',  # orjson: a float; here: Python's
+    b'{"id":9223372036854775808,"ts":1,"features":{"x":1}}',  # beyond i64: Python's
+    b'{"id":"\\ud83d\\ude00","ts":1,"features":{"x":1}}',  # an escaped surrogate pair: Python's
+    b'{"id":"a","ts":1,"features":{"x":1},"features":{"x":2}}',  # features twice: Python's
+    b'{"id":"a","ts":9007199254740993,"features":{"x":1}}',  # an int ts not exact as a float: Python's
+    b'{"id":"a","ts":1,"features":{"x":1,"y":2}}',  # an undeclared feature: Python's (it drops it)
+    b'{"id":"a","ts":1,"features":{"x":1}} x',  # trailing bytes: not JSON
+    b'[{"id":"a","ts":1,"features":{"x":1}}]',  # not an object
+])
+def test_what_the_scanner_leaves_to_python_decodes_as_python_does(text: bytes) -> None:
+    schema = SCHEMAS[1]
+    got, missing = schema._native_decoder.events([text])
+    assert got == [None] and missing == 1
+    assert decode_events([text], schema) == decode_events([text], pure(schema))
+
+
+def test_duplicate_keys_take_the_last_value_as_orjson_does() -> None:
+    schema = SCHEMAS[1]
+    text = b'{"id":"a","id":"b","ts":1,"ts":2.5,"features":{"x":1,"x":2},"prediction":"p","prediction":null}'
+    (event,), missing = schema._native_decoder.events([text])
+    assert missing == 0 and typed(event) == typed(decode_event(text, schema))
+    assert (event.id, event.ts, event.features, event.prediction) == ("b", 2.5, {"x": 2.0}, None)
+
+
+def test_a_batch_with_records_left_to_python_keeps_indices_and_order() -> None:
+    schema = SCHEMAS[0]
+    good = encode_event(Event("a", 1.0, {"price": 1.0, "qty": 1, "member": True, "country": "FR"}), schema)
+    values: list[Any] = [good, b"not json", None, good.replace(b'"a"', b'"b"'),
+                         good.replace(b'"qty":1', b'"qty":1.0'), "a str"]
+    events, rejects = decode_events(values, schema)
+    assert [e.id for e in events] == ["a", "b", "a"] and events[2].features["qty"] == 1
+    assert [(i, r.reason.value) for i, r in rejects] == [(1, "undecodable"), (2, "undecodable"), (5, "undecodable")]
+    assert decode_events(values, schema) == decode_events(values, pure(schema))
+
+
+def test_a_pickled_schema_keeps_a_working_decoder() -> None:
+    """The trainer pickles its topology (and so the record schema) for the retrain process."""
+    schema = pickle.loads(pickle.dumps(SCHEMAS[2]))
+    value = b'{"key":"k","time":2,"features":{"x":1,"y":-0.0},"label":3}'
+    (event,), missing = schema._native_decoder.events([value])
+    assert missing == 0 and event == Event("k", 2.0, {"x": 1.0, "y": -0.0}) and math.copysign(1, event.features["y"]) < 0
+    assert schema._native_decoder.labels([value])[0][0] == Label("k", 2.0, 3.0)
+
+
+def test_bad_decoder_arguments_say_what_is_allowed() -> None:
+    with pytest.raises(ValueError, match="label_type 'ordinal'; allowed: 'binary', 'multiclass' or 'regression'"):
+        records._native.Decoder(["x"], [0], "ordinal", "id", "ts", 10, 10, 1.0, 1, Event, Label)
+    with pytest.raises(ValueError, match="as many codes"):
+        records._native.Decoder(["x"], [0, 1], "binary", "id", "ts", 10, 10, 1.0, 1, Event, Label)
