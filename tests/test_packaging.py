@@ -12,13 +12,28 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_dockerfile_copies_only_paths_that_exist():
+def _dockerfile_sources() -> list[str]:
+    """What docker/Dockerfile copies from the build context (not from another stage)."""
     dockerfile = (REPO / "docker" / "Dockerfile").read_text()
-    sources = [src for line in dockerfile.splitlines() if line.startswith("COPY ")
-               for src in line.split()[1:-1]]
+    return [src for line in dockerfile.splitlines() if line.startswith("COPY ") and "--from=" not in line
+            for src in line.split()[1:-1]]
+
+
+def test_dockerfile_copies_only_paths_that_exist():
+    sources = _dockerfile_sources()
     assert sources
     for src in sources:
         assert (REPO / src).exists(), f"docker/Dockerfile copies {src}, which the repository lacks"
+
+
+def test_dockerfile_copies_what_the_build_needs():
+    """The package, and the native crate pyproject.toml builds it from."""
+    import tomllib
+
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    needed = {"pyproject.toml", "README.md", "ct_stream"}
+    needed |= {Path(m["path"]).parts[0] for m in pyproject["tool"]["setuptools-rust"]["ext-modules"]}
+    assert needed <= set(_dockerfile_sources())
 
 
 def test_compose_file_wires_the_demo_to_kafka():
