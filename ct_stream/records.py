@@ -39,10 +39,7 @@ import pyarrow as pa
 
 from ct_stream.errors import CodecError, TopologyError
 
-try:  # the native data path (native/, Rust): absent when ct-stream was built without cargo
-    from ct_stream import _native
-except ImportError:  # pragma: no cover - depends on the build
-    _native = None  # type: ignore[assignment]
+from ct_stream.native import module as _native
 
 __all__ = [
     "FeatureType",

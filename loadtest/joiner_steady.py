@@ -7,7 +7,7 @@ time for one partition (16,667 is a third of the freshness benchmark's 50k/s), 7
 labelled 0-2 s later, replayed through one ``PartitionJoiner`` in micro-batches of
 ``--commit-every`` seconds of event time (the freshness topology: ``max_label_delay``
 3 s, ``grace`` 500 ms). Each micro-batch runs what the joiner worker runs: decode, the
-join, examples to Arrow messages, ``drain_changes`` and the changelog records (a
+join, examples to Arrow messages, ``drain_encoded`` and the changelog records (a
 snapshot when one is due). Prints microseconds per input record for each stage, per
 second of event time, and the state size: the cost per record rises until the done
 memory reaches its horizon (``2 * max_label_delay + grace``) and the first snapshot
@@ -65,7 +65,7 @@ def main() -> int:
         t3 = time.perf_counter()
         list(example_messages(out.rows, schema))
         t4 = time.perf_counter()
-        changes = joiner.drain_changes()
+        changes = joiner.drain_encoded()
         t5 = time.perf_counter()
         size = joiner.pending + joiner.remembered
         snapshot = writer.snapshot_due(len(changes), size)

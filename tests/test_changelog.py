@@ -61,7 +61,7 @@ class Worker:
         if size is None:
             size = self.j.pending + self.j.remembered
         self.max_size = max(self.max_size, size)
-        recs = self.w.records(self.j.drain_changes(), size, self.j.snapshot)
+        recs = self.w.records(self.j.drain_encoded(), size, self.j.snapshot)  # as the runtime does
         live = holding(self.topic)
         marker = f"{self.j.partition}|gen".encode()
         for k, v in recs:
@@ -250,6 +250,28 @@ def test_chunks_stay_under_max_bytes_and_keep_the_order(changes: dict[str, Any],
             assert len(v) <= max_bytes or len(chunk) == 1
             pairs += [tuple(p) for p in chunk]
     assert pairs == 2 * list(changes.items())
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.text(max_size=20), st.one_of(st.none(), st.text(max_size=300),
+                                                          st.lists(st.integers(-2**63, 2**63 - 1), max_size=40))),
+                max_size=60),
+       st.integers(64, 2_000))
+def test_encoded_pairs_are_packed_under_max_bytes_in_order(items: list[tuple[str, Any]], max_bytes: int) -> None:
+    """``records`` of pairs already encoded (``PartitionJoiner.drain_encoded``): the same
+    pairs, in order, in chunks of at most ``max_bytes`` (a lone pair may be bigger), each
+    chunk exactly the JSON array of its pairs."""
+    w = ChangelogWriter(5, max_bytes=max_bytes, min_entries=10**9)
+    encoded = [orjson.dumps(p) for p in items]
+    recs = w.records(encoded, 0, dict)
+    chunks = [orjson.loads(v) for _, v in recs]  # type: ignore[arg-type]
+    assert [tuple(p) for c in chunks for p in c] == items
+    for (_, v), chunk in zip(recs, chunks):
+        assert v == orjson.dumps(chunk) and (len(v) <= max_bytes or len(chunk) == 1)  # type: ignore[arg-type]
+    sizes = [len(v) for _, v in recs]  # type: ignore[arg-type]
+    for a, (b, chunk) in zip(sizes, zip(sizes[1:], chunks[1:])):  # a chunk is cut only when the next pair does not fit
+        assert a + len(orjson.dumps(chunk[0])) + 1 > max_bytes
+    assert [k for k, _ in recs] == [f"5|0|d|{n}".encode() for n in range(len(recs))]
 
 
 def test_a_pair_bigger_than_max_bytes_is_written_alone() -> None:

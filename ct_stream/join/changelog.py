@@ -129,10 +129,11 @@ class ChangelogWriter:
         return bool(n_changes) and \
             self.delta_entries + n_changes >= max(self.min_entries, self.delta_ratio * joiner_state_size)
 
-    def records(self, changes: dict[str, Any], joiner_state_size: int,
+    def records(self, changes: dict[str, Any] | list[bytes], joiner_state_size: int,
                 snapshot: Callable[[], dict[str, Any]], allow_snapshot: bool = True) -> list[tuple[bytes, bytes | None]]:
         """The records for one commit: the delta chunks of ``changes`` (the joiner's
-        :meth:`drain_changes`, already taken), or, once the delta entries since the last
+        :meth:`drain_changes`, already taken, or its encoded pairs from
+        :meth:`drain_encoded <ct_stream.join.PartitionJoiner.drain_encoded>`), or, once the delta entries since the last
         snapshot reach ``max(min_entries, delta_ratio * joiner_state_size)``, a snapshot (``snapshot()``,
         taken after the drain) with its marker and tombstones. Write them in this order.
         ``allow_snapshot=False`` writes deltas even when a snapshot is due (it comes at a
@@ -144,7 +145,8 @@ class ChangelogWriter:
             return self._snapshot_records(snapshot())
         out: list[tuple[bytes, bytes | None]] = []
         base = f"{self._prefix}{self.generation}|d|"
-        for chunk in self._chunks(list(changes.items())):
+        chunks = self._chunks(list(changes.items())) if isinstance(changes, dict) else self._pack(changes)
+        for chunk in chunks:
             key = f"{base}{self._next_delta}".encode()
             self._next_delta += 1
             self._live.append(key)
@@ -176,6 +178,22 @@ class ChangelogWriter:
             encoded = self._encode(part, out)
             self._per_chunk = 0.8 * self.max_bytes * len(part) / max(1, encoded)
             start += len(part)
+        return out
+
+    def _pack(self, pairs: list[bytes]) -> list[bytes]:
+        """Encoded ``[key, value]`` pairs as chunks (JSON arrays of them) of at most
+        ``max_bytes`` (a lone pair may exceed it): the bytes ``_chunks`` gives for the
+        decoded pairs, cut where the size says."""
+        out: list[bytes] = []
+        start, size, limit = 0, 1, self.max_bytes
+        for k, pair in enumerate(pairs):
+            n = len(pair) + 1  # with its comma, or the closing bracket
+            if size + n > limit and k > start:
+                out.append(b"[" + b",".join(pairs[start:k]) + b"]")
+                start, size = k, 1
+            size += n
+        if start < len(pairs):
+            out.append(b"[" + b",".join(pairs[start:]) + b"]")
         return out
 
     def _encode(self, part: list[tuple[str, Any]], out: list[bytes]) -> int:

@@ -95,7 +95,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, NamedTuple, Sequence
 
+import orjson
+
 from ct_stream.errors import CodecError, CtStreamError, TopologyError
+from ct_stream.native import module as _native
 from ct_stream.records import Event, Label, Reason
 
 if TYPE_CHECKING:
@@ -951,13 +954,38 @@ class PartitionJoiner:
                 continue
             d = done.get(i)
             changes[key] = None if d is None else ["d", _JOINED, d] if type(d) is not tup else _done_value(d)
+        meta = self._end_drain()
+        if meta is not None:
+            changes[META_KEY] = meta
+        return changes
+
+    def drain_encoded(self) -> dict[str, Any] | list[bytes]:
+        """:meth:`drain_changes` for :meth:`ChangelogWriter.records
+        <ct_stream.join.changelog.ChangelogWriter.records>`: with the native data path
+        (docs/native.md), each ``[key, value]`` pair encoded as JSON straight from the
+        joiner's state, without the lists and dicts of :meth:`drain_changes` in between;
+        without it (or for a value the native encoder does not take), :meth:`drain_changes`
+        itself. The decoded pairs are the same either way."""
+        pairs = None
+        if _native is not None:
+            pairs = _native.encode_changes(self._log, self._log_seq, self._events, self._labels, self._done,
+                                           _OWN_NAMES, _JOINED)
+        if pairs is None:  # the reference
+            return self.drain_changes()
+        meta = self._end_drain()
+        if meta is not None:
+            pairs.append(orjson.dumps((META_KEY, meta)))
+        return pairs  # type: ignore[no-any-return]
+
+    def _end_drain(self) -> dict[str, Any] | None:
+        """Start the next change log; the meta entry's value when it changed since the last drain."""
         self._log = []
         self._log_seq = self._seq
         meta = (self._max_ts, self._idle_wm, self._seq, self._names)
-        if meta != self._drained_meta:
-            changes[META_KEY] = self._meta_value()
-            self._drained_meta = meta
-        return changes
+        if meta == self._drained_meta:
+            return None
+        self._drained_meta = meta
+        return self._meta_value()
 
     def snapshot(self) -> dict[str, Any]:
         """The whole state as changelog entries (same keys and values as

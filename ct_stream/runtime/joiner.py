@@ -376,7 +376,7 @@ class JoinerWorker:
         snapshotted = False  # at most one partition snapshots per commit (a snapshot is O(state): a pause)
         for p, joiner in self.group.partitions.items():
             writer, generation = self._changelogs[p], self._changelogs[p].generation
-            for key, value in writer.records(joiner.drain_changes(), joiner.pending + joiner.remembered,
+            for key, value in writer.records(joiner.drain_encoded(), joiner.pending + joiner.remembered,
                                              joiner.snapshot, allow_snapshot=not snapshotted):
                 changelog.append((t.state_topic, p, key, value))
             snapshotted = snapshotted or writer.generation != generation  # a snapshot starts a generation

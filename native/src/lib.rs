@@ -1,12 +1,14 @@
 //! ct-stream's native data path (the Python module `ct_stream._native`).
 //!
-//! Today: [`Decoder`], the batch decoder of event and label records in the common form.
+//! Today: [`Decoder`], the batch decoder of event and label records in the common form,
+//! and `encode_changes` (changes.rs), the joiner's change log drained and encoded.
 //! For every record in the common form it gives exactly what `ct_stream.records.decode_event`
 //! / `decode_label` give, and `None` for any other record (a reject, a missing or ISO ts,
 //! a conversion other than int to float, anything the strict scanner leaves to Python),
 //! which the caller then decodes in Python. Property tests compare the two
 //! (tests/test_native.py).
 
+mod changes;
 mod json;
 
 use json::{Scanner, Val};
@@ -395,5 +397,6 @@ impl Decoder {
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Decoder>()?;
+    m.add_function(wrap_pyfunction!(changes::encode_changes, m)?)?;
     Ok(())
 }
