@@ -69,7 +69,7 @@ def main() -> int:
         t5 = time.perf_counter()
         size = joiner.pending + joiner.remembered
         snapshot = writer.snapshot_due(len(changes), size)
-        writer.records(changes, size, joiner.snapshot)
+        writer.records(changes, size, joiner.snapshot_encoded)
         t6 = time.perf_counter()
         c = per_second[second]
         c["decode"] += t1 - t0

@@ -61,7 +61,7 @@ class Worker:
         if size is None:
             size = self.j.pending + self.j.remembered
         self.max_size = max(self.max_size, size)
-        recs = self.w.records(self.j.drain_encoded(), size, self.j.snapshot)  # as the runtime does
+        recs = self.w.records(self.j.drain_encoded(), size, self.j.snapshot_encoded)  # as the runtime does
         live = holding(self.topic)
         marker = f"{self.j.partition}|gen".encode()
         for k, v in recs:

@@ -130,7 +130,8 @@ class ChangelogWriter:
             self.delta_entries + n_changes >= max(self.min_entries, self.delta_ratio * joiner_state_size)
 
     def records(self, changes: dict[str, Any] | list[bytes], joiner_state_size: int,
-                snapshot: Callable[[], dict[str, Any]], allow_snapshot: bool = True) -> list[tuple[bytes, bytes | None]]:
+                snapshot: Callable[[], dict[str, Any] | list[bytes]],
+                allow_snapshot: bool = True) -> list[tuple[bytes, bytes | None]]:
         """The records for one commit: the delta chunks of ``changes`` (the joiner's
         :meth:`drain_changes`, already taken, or its encoded pairs from
         :meth:`drain_encoded <ct_stream.join.PartitionJoiner.drain_encoded>`), or, once the delta entries since the last
@@ -154,10 +155,10 @@ class ChangelogWriter:
         self.delta_entries += len(changes)
         return out
 
-    def _snapshot_records(self, snap: dict[str, Any]) -> list[tuple[bytes, bytes | None]]:
+    def _snapshot_records(self, snap: dict[str, Any] | list[bytes]) -> list[tuple[bytes, bytes | None]]:
         """Snapshot chunks of a new generation, its marker, then tombstones for the old keys."""
         gen = self._next_gen
-        chunks = self._chunks(list(snap.items()))
+        chunks = self._chunks(list(snap.items())) if isinstance(snap, dict) else self._pack(snap)
         keys = [f"{self._prefix}{gen}|s|{i}".encode() for i in range(len(chunks))]
         out: list[tuple[bytes, bytes | None]] = list(zip(keys, chunks))
         out.append(((self._prefix + "gen").encode(), orjson.dumps({"gen": gen, "chunks": len(chunks)})))

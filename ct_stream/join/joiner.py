@@ -1034,6 +1034,19 @@ class PartitionJoiner:
         snap[META_KEY] = self._meta_value()
         return snap
 
+    def snapshot_encoded(self) -> dict[str, Any] | list[bytes]:
+        """:meth:`snapshot` for :meth:`ChangelogWriter.records
+        <ct_stream.join.changelog.ChangelogWriter.records>`, encoded natively as
+        :meth:`drain_encoded` is (or :meth:`snapshot` itself); the same pairs either way."""
+        pairs = None
+        if _native is not None:
+            pairs = _native.encode_snapshot(self._front, self._front_pos, self._wheel, self._log, self._log_seq,
+                                            self._events, self._labels, self._done, _OWN_NAMES, _JOINED)
+        if pairs is None:  # the reference
+            return self.snapshot()
+        pairs.append(orjson.dumps((META_KEY, self._meta_value())))
+        return pairs  # type: ignore[no-any-return]
+
     def _meta_value(self) -> dict[str, Any]:
         """The :data:`META_KEY` value: watermark state, sequence counter, feature names."""
         return {"max_ts": _enc_float(self._max_ts), "idle_watermark": _enc_float(self._idle_wm), "seq": self._seq,

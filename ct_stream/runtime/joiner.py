@@ -377,7 +377,7 @@ class JoinerWorker:
         for p, joiner in self.group.partitions.items():
             writer, generation = self._changelogs[p], self._changelogs[p].generation
             for key, value in writer.records(joiner.drain_encoded(), joiner.pending + joiner.remembered,
-                                             joiner.snapshot, allow_snapshot=not snapshotted):
+                                             joiner.snapshot_encoded, allow_snapshot=not snapshotted):
                 changelog.append((t.state_topic, p, key, value))
             snapshotted = snapshotted or writer.generation != generation  # a snapshot starts a generation
         try:

@@ -130,6 +130,84 @@ fn write_seq_number(out: &mut String, created: Option<i64>) {
     }
 }
 
+/// `[key, ` for joiner id `id`: an id that starts with NUL gets another in front, so no
+/// id collides with the meta key (`"\0meta"`).
+fn write_key(out: &mut String, id: &str) {
+    out.clear();
+    out.push('[');
+    if id.starts_with('\0') {
+        write_str(out, &format!("\0{id}"));
+    } else {
+        write_str(out, id);
+    }
+    out.push(',');
+}
+
+/// The value of pending entry `e`: `["e", seq, offset, ts, features, served_version,
+/// prediction]` for an event, `["l", seq, offset, ts, label]` for a label.
+fn write_pending(out: &mut String, event: bool, seq: Option<i64>, e: &Bound<'_, PyTuple>,
+                 own: &Bound<'_, PyAny>) -> Option<()> {
+    if event {
+        out.push_str("[\"e\"");
+        write_seq_number(out, seq);
+        write_fields(out, e, &[2, 1])?;
+        write_features(out, e, own)?;
+        write_fields(out, e, &[3, 4])?;
+    } else {
+        out.push_str("[\"l\"");
+        write_seq_number(out, seq);
+        write_fields(out, e, &[2, 1, 3])?;
+    }
+    out.push(']');
+    Some(())
+}
+
+/// The value of done entry `d`: a joined event's ts, or `(state, event_ts, entry or None)`
+/// (`["d", state, event_ts]`, with the entry's offset, features, served_version and
+/// prediction after them for an expired negative).
+fn write_done(out: &mut String, d: &Bound<'_, PyAny>, own: &Bound<'_, PyAny>, joined: &str) -> Option<()> {
+    out.push_str("[\"d\",");
+    if let Ok(d) = d.downcast_exact::<PyTuple>() {
+        write_value(out, &d.get_item(0).ok()?, 2)?;
+        write_fields(out, d, &[1])?;
+        let kept = d.get_item(2).ok()?;
+        if !kept.is_none() {
+            let e = kept.downcast_exact::<PyTuple>().ok()?;
+            write_fields(out, e, &[2])?;
+            write_features(out, e, own)?;
+            write_fields(out, e, &[3, 4])?;
+        }
+    } else {
+        write_str(out, joined);
+        out.push(',');
+        write_value(out, d, 2)?;
+    }
+    out.push(']');
+    Some(())
+}
+
+/// `id` of a Python str, or None.
+fn id_str<'a>(i: &'a Bound<'_, PyAny>) -> Option<&'a str> {
+    i.downcast_exact::<PyString>().ok()?.to_str().ok()
+}
+
+/// The pair of the done entry or nothing held (`null`) for `i`, into `buf`.
+fn write_done_pair(buf: &mut String, i: &Bound<'_, PyAny>, done: &Bound<'_, PyDict>, own: &Bound<'_, PyAny>,
+                   joined: &str) -> PyResult<Option<()>> {
+    Ok(match done.get_item(i)? {
+        Some(d) => write_done(buf, &d, own, joined),
+        None => {
+            buf.push_str("null");
+            Some(())
+        }
+    })
+}
+
+fn finish(py: Python<'_>, out: &Bound<'_, PyList>, buf: &mut String) -> PyResult<()> {
+    buf.push(']');
+    out.append(PyBytes::new(py, buf.as_bytes()))
+}
+
 /// The `[key, value]` pairs of the change log `log` (see `PartitionJoiner.drain_changes`):
 /// `None` when some value is not one this encoder takes (then the caller drains in Python).
 #[pyfunction]
@@ -140,81 +218,102 @@ pub fn encode_changes<'py>(py: Python<'py>, log: &Bound<'py, PyList>, log_seq: i
     // id -> sequence number of its latest new pending entry, in first-change order
     let changed = PyDict::new(py);
     let mut seq = log_seq;
-    let mut escape = false;
     for c in log.iter() {
         if let Ok(e) = c.downcast_exact::<PyTuple>() {
-            let i = e.get_item(0)?;
-            changed.set_item(&i, seq)?;
+            changed.set_item(e.get_item(0)?, seq)?;
             seq += 1;
         } else if !changed.contains(&c)? {
             changed.set_item(&c, py.None())?;
         }
     }
-    for (i, _) in changed.iter() {
-        let Ok(s) = i.downcast_exact::<PyString>() else { return Ok(None) };
-        let Ok(s) = s.to_str() else { return Ok(None) };
-        if s.contains('\0') {
-            escape = true;
-            break;
-        }
-    }
     let out = PyList::empty(py);
     let mut buf = String::with_capacity(256);
     for (i, created) in changed.iter() {
-        buf.clear();
-        let id = i.downcast_exact::<PyString>()?.to_str()?;
+        let Some(id) = id_str(&i) else { return Ok(None) };
+        write_key(&mut buf, id);
         let created: Option<i64> = created.extract()?;
-        buf.push('[');
-        if escape && id.starts_with('\0') {
-            write_str(&mut buf, &format!("\0{id}"));
-        } else {
-            write_str(&mut buf, id);
-        }
-        buf.push(',');
         let ok = if let Some(e) = events.get_item(&i)? {
-            let Ok(e) = e.downcast_exact::<PyTuple>() else { return Ok(None) };
-            // ["e", created, offset, ts, features, served_version, prediction]
-            buf.push_str("[\"e\"");
-            write_seq_number(&mut buf, created);
-            write_fields(&mut buf, e, &[2, 1]).and_then(|_| write_features(&mut buf, e, own))
-                .and_then(|_| write_fields(&mut buf, e, &[3, 4]))
-                .map(|_| buf.push(']'))
+            e.downcast_exact::<PyTuple>().ok().and_then(|e| write_pending(&mut buf, true, created, e, own))
         } else if let Some(e) = labels.get_item(&i)? {
-            let Ok(e) = e.downcast_exact::<PyTuple>() else { return Ok(None) };
-            // ["l", created, offset, ts, label]
-            buf.push_str("[\"l\"");
-            write_seq_number(&mut buf, created);
-            write_fields(&mut buf, e, &[2, 1, 3]).map(|_| buf.push(']'))
-        } else if let Some(d) = done.get_item(&i)? {
-            if let Ok(d) = d.downcast_exact::<PyTuple>() {
-                // (state, event_ts, entry or None)
-                buf.push_str("[\"d\"");
-                let kept = d.get_item(2)?;
-                let r = write_fields(&mut buf, d, &[0, 1]);
-                if kept.is_none() {
-                    r.map(|_| buf.push(']'))
-                } else {
-                    let Ok(e) = kept.downcast_exact::<PyTuple>() else { return Ok(None) };
-                    // ["d", state, event_ts, offset, features, served_version, prediction]
-                    r.and_then(|_| write_fields(&mut buf, e, &[2])).and_then(|_| write_features(&mut buf, e, own))
-                        .and_then(|_| write_fields(&mut buf, e, &[3, 4])).map(|_| buf.push(']'))
-                }
-            } else {
-                // a joined id: its event's ts
-                buf.push_str("[\"d\",");
-                write_str(&mut buf, joined);
-                buf.push(',');
-                write_value(&mut buf, &d, 2).map(|_| buf.push(']'))
-            }
+            e.downcast_exact::<PyTuple>().ok().and_then(|e| write_pending(&mut buf, false, created, e, own))
         } else {
-            buf.push_str("null");
-            Some(())
+            write_done_pair(&mut buf, &i, done, own, joined)?
         };
         if ok.is_none() {
             return Ok(None);
         }
-        buf.push(']');
-        out.append(PyBytes::new(py, buf.as_bytes()))?;
+        finish(py, &out, &mut buf)?;
+    }
+    Ok(Some(out))
+}
+
+/// The `[key, value]` pairs of the whole state but the meta entry (see
+/// `PartitionJoiner.snapshot`): every live pending entry once, in (deadline, arrival)
+/// order (the unconsumed front, then the wheel's buckets by key), then every done
+/// entry. `None` when some value is not one this encoder takes.
+#[pyfunction]
+#[pyo3(signature = (front, front_pos, wheel, log, log_seq, events, labels, done, own, joined))]
+#[allow(clippy::too_many_arguments)]
+pub fn encode_snapshot<'py>(py: Python<'py>, front: &Bound<'py, PyList>, front_pos: usize, wheel: &Bound<'py, PyDict>,
+                            log: &Bound<'py, PyList>, log_seq: i64, events: &Bound<'py, PyDict>,
+                            labels: &Bound<'py, PyDict>, done: &Bound<'py, PyDict>, own: &Bound<'py, PyAny>,
+                            joined: &str) -> PyResult<Option<Bound<'py, PyList>>> {
+    // id -> sequence number, for the live entries not drained yet
+    let fresh = PyDict::new(py);
+    let mut seq = log_seq;
+    let held = |e: &Bound<'py, PyTuple>| -> PyResult<Option<bool>> {
+        let i = e.get_item(0)?;
+        if events.get_item(&i)?.is_some_and(|x| x.is(e)) {
+            return Ok(Some(true));
+        }
+        Ok(if labels.get_item(&i)?.is_some_and(|x| x.is(e)) { Some(false) } else { None })
+    };
+    for c in log.iter() {
+        if let Ok(e) = c.downcast_exact::<PyTuple>() {
+            if held(e)?.is_some() {
+                fresh.set_item(e.get_item(0)?, seq)?;
+            }
+            seq += 1;
+        }
+    }
+    let mut keys: Vec<i64> = wheel.keys().iter().map(|k| k.extract()).collect::<PyResult<_>>()?;
+    keys.sort_unstable();
+    let mut buckets: Vec<Bound<'py, PyList>> = vec![front.get_slice(front_pos, front.len())];
+    for k in keys {
+        let Some(b) = wheel.get_item(k)? else { return Ok(None) };
+        let Ok(b) = b.downcast_into::<PyList>() else { return Ok(None) };
+        buckets.push(b);
+    }
+    let out = PyList::empty(py);
+    let mut buf = String::with_capacity(256);
+    let mut rank: i64 = 0;
+    for bucket in &buckets {
+        for e in bucket.iter() {
+            let Ok(e) = e.downcast_exact::<PyTuple>() else { return Ok(None) };
+            let Some(event) = held(e)? else { continue }; // stale: joined or expired since
+            let i = e.get_item(0)?;
+            let Some(id) = id_str(&i) else { return Ok(None) };
+            let s = match fresh.get_item(&i)? {
+                Some(s) => s.extract::<i64>()?,
+                None => {
+                    rank += 1;
+                    rank - 1
+                }
+            };
+            write_key(&mut buf, id);
+            if write_pending(&mut buf, event, Some(s), e, own).is_none() {
+                return Ok(None);
+            }
+            finish(py, &out, &mut buf)?;
+        }
+    }
+    for (i, d) in done.iter() {
+        let Some(id) = id_str(&i) else { return Ok(None) };
+        write_key(&mut buf, id);
+        if write_done(&mut buf, &d, own, joined).is_none() {
+            return Ok(None);
+        }
+        finish(py, &out, &mut buf)?;
     }
     Ok(Some(out))
 }

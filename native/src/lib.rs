@@ -398,5 +398,6 @@ impl Decoder {
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Decoder>()?;
     m.add_function(wrap_pyfunction!(changes::encode_changes, m)?)?;
+    m.add_function(wrap_pyfunction!(changes::encode_snapshot, m)?)?;
     Ok(())
 }
