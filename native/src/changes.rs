@@ -44,16 +44,17 @@ fn write_value(out: &mut String, v: &Bound<'_, PyAny>, depth: u32) -> Option<()>
     if depth > MAX_DEPTH {
         return None;
     }
-    if v.is_none() {
-        out.push_str("null");
-    } else if let Ok(b) = v.downcast_exact::<PyBool>() {
-        out.push_str(if b.is_true() { "true" } else { "false" });
-    } else if let Ok(f) = v.downcast_exact::<PyFloat>() {
+    if let Ok(f) = v.downcast_exact::<PyFloat>() {
+        // floats first: an event entry is mostly float features
         let x = f.value();
         if !x.is_finite() {
             return None;
         }
         out.push_str(ryu::Buffer::new().format_finite(x)); // shortest text that reads back as the same double
+    } else if v.is_none() {
+        out.push_str("null");
+    } else if let Ok(b) = v.downcast_exact::<PyBool>() {
+        out.push_str(if b.is_true() { "true" } else { "false" });
     } else if let Ok(i) = v.downcast_exact::<PyInt>() {
         let x: i64 = i.extract().ok()?;
         out.push_str(itoa::Buffer::new().format(x));
@@ -96,7 +97,7 @@ fn write_seq<'py>(out: &mut String, items: impl Iterator<Item = Bound<'py, PyAny
 fn write_fields(out: &mut String, e: &Bound<'_, PyTuple>, idx: &[usize]) -> Option<()> {
     for &k in idx {
         out.push(',');
-        write_value(out, &e.get_item(k).ok()?, 2)?;
+        write_value(out, &*e.get_borrowed_item(k).ok()?, 2)?;
     }
     Some(())
 }
@@ -113,7 +114,7 @@ fn write_features(out: &mut String, e: &Bound<'_, PyTuple>, own: &Bound<'_, PyAn
         if k > 5 {
             out.push(',');
         }
-        write_value(out, &e.get_item(k).ok()?, 3)?;
+        write_value(out, &*e.get_borrowed_item(k).ok()?, 3)?;
     }
     out.push(']');
     Some(())
