@@ -95,6 +95,18 @@ def test_negative_expiry_is_strict_and_carries_the_default_label() -> None:
     assert j.counts["expired"] == 1 and j.pending_events == 2
 
 
+def test_expiry_stops_at_a_deadline_equal_to_the_watermark() -> None:
+    """Expiry is strict for every entry it reaches, not only the first: the loop over the
+    front (``process``'s inline step 4) stops at a deadline equal to the watermark."""
+    j = joiner()
+    j.process([E("a", 100.0, 0), E("a2", 100.25, 1), E("b", 100.5, 2)])  # deadlines 110, 110.25, 110.5
+    # watermark 110.1: the step that moves their wheel bucket to the front expires a
+    assert [x.id for x in j.process([E("c", 112.1, 3)]).examples] == ["a"]
+    # watermark 110.5: the front's loop expires a2 and stops at b
+    assert [x.id for x in j.process([E("d", 112.5, 4)]).examples] == ["a2"] and j.pending_events == 3
+    assert [x.id for x in j.process([E("e", 112.75, 5)]).examples] == ["b"]
+
+
 def test_expiry_runs_in_deadline_order_then_sequence() -> None:
     j = joiner()
     j.process([E("b", 101.0, 0), E("a", 100.0, 1), E("c", 101.0, 2)])
