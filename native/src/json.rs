@@ -204,47 +204,37 @@ impl<'a> Scanner<'a> {
         }
     }
 
+    /// An object (`keyed`) or an array, its opening byte next: scanned, given as `Other`.
+    fn container(&mut self, depth: u32, close: u8, keyed: bool) -> Option<Val<'a>> {
+        if depth >= MAX_DEPTH {
+            return None;
+        }
+        self.pos += 1;
+        if self.eat(close) {
+            return Some(Val::Other);
+        }
+        loop {
+            if keyed {
+                self.string()?;
+                if !self.eat(b':') {
+                    return None;
+                }
+            }
+            self.value(depth + 1)?;
+            if self.eat(b',') {
+                continue;
+            }
+            return if self.eat(close) { Some(Val::Other) } else { None };
+        }
+    }
+
     /// Any value; objects and arrays are scanned (validated) and given as `Other`.
     pub fn value(&mut self, depth: u32) -> Option<Val<'a>> {
         self.ws();
         match self.peek()? {
             b'"' => self.string().map(Val::Str),
-            b'{' => {
-                if depth >= MAX_DEPTH {
-                    return None;
-                }
-                self.pos += 1;
-                if self.eat(b'}') {
-                    return Some(Val::Other);
-                }
-                loop {
-                    self.string()?;
-                    if !self.eat(b':') {
-                        return None;
-                    }
-                    self.value(depth + 1)?;
-                    if self.eat(b',') {
-                        continue;
-                    }
-                    return if self.eat(b'}') { Some(Val::Other) } else { None };
-                }
-            }
-            b'[' => {
-                if depth >= MAX_DEPTH {
-                    return None;
-                }
-                self.pos += 1;
-                if self.eat(b']') {
-                    return Some(Val::Other);
-                }
-                loop {
-                    self.value(depth + 1)?;
-                    if self.eat(b',') {
-                        continue;
-                    }
-                    return if self.eat(b']') { Some(Val::Other) } else { None };
-                }
-            }
+            b'{' => self.container(depth, b'}', true),
+            b'[' => self.container(depth, b']', false),
             b't' => self.literal(b"true", Val::Bool(true)),
             b'f' => self.literal(b"false", Val::Bool(false)),
             b'n' => self.literal(b"null", Val::Null),

@@ -335,62 +335,68 @@ impl Decoder {
     /// ``Event``, or None for a value not in the common form (to decode in Python), and
     /// how many are None.
     fn events<'py>(&self, py: Python<'py>, values: &Bound<'py, PyList>) -> PyResult<(Bound<'py, PyList>, usize)> {
-        let items: Vec<Option<Bound<'py, PyBytes>>> = values.iter().map(|v| v.downcast_into::<PyBytes>().ok()).collect();
-        let recs: Vec<Option<EventRec>> = items.iter().map(|b| b.as_ref().and_then(|b| self.event(b.as_bytes()))).collect();
-        let out = PyList::empty(py);
-        let cls = self.event_cls.bind(py);
-        let mut missing = 0;
-        for r in recs {
-            let Some(r) = r else {
-                missing += 1;
-                out.append(py.None())?;
-                continue;
-            };
-            let feats = PyDict::new(py);
-            for (name, f) in self.py_names.iter().zip(&r.feats) {
-                let v = match f {
-                    Feat::F(x) => PyFloat::new(py, *x).into_any(),
-                    Feat::I(x) => x.into_pyobject(py)?.into_any(),
-                    Feat::B(x) => x.into_pyobject(py)?.to_owned().into_any(),
-                    Feat::S(x) => PyString::new(py, x).into_any(),
-                };
-                feats.set_item(name.bind(py), v)?;
-            }
-            let sv = match r.served_version {
-                Some(v) => v.into_pyobject(py)?.into_any(),
-                None => py.None().into_bound(py),
-            };
-            let pred = match &r.prediction {
-                Pred::None => py.None().into_bound(py),
-                Pred::F(x) => PyFloat::new(py, *x).into_any(),
-                Pred::S(x) => PyString::new(py, x).into_any(),
-            };
-            out.append(cls.call1((id_object(py, &r.id), PyFloat::new(py, r.ts), feats, sv, pred))?)?;
-        }
-        Ok((out, missing))
+        batch(py, values, |b| self.event(b).map(|r| self.event_object(py, &r)).transpose())
     }
 
     /// The labels of a batch of record values, like :meth:`events`.
     fn labels<'py>(&self, py: Python<'py>, values: &Bound<'py, PyList>) -> PyResult<(Bound<'py, PyList>, usize)> {
-        let items: Vec<Option<Bound<'py, PyBytes>>> = values.iter().map(|v| v.downcast_into::<PyBytes>().ok()).collect();
-        let recs: Vec<Option<LabelRec>> = items.iter().map(|b| b.as_ref().and_then(|b| self.label(b.as_bytes()))).collect();
-        let out = PyList::empty(py);
-        let cls = self.label_cls.bind(py);
-        let mut missing = 0;
-        for r in recs {
-            let Some(r) = r else {
+        batch(py, values, |b| self.label(b).map(|r| self.label_object(py, &r)).transpose())
+    }
+}
+
+/// `decode(value)` of each bytes value (a record object, or None for a value not in the
+/// common form; None for an item that is not bytes too), and how many are None.
+fn batch<'py>(py: Python<'py>, values: &Bound<'py, PyList>,
+              decode: impl Fn(&[u8]) -> PyResult<Option<Bound<'py, PyAny>>>) -> PyResult<(Bound<'py, PyList>, usize)> {
+    let out = PyList::empty(py);
+    let mut missing = 0;
+    for v in values.iter() {
+        let rec = match v.downcast::<PyBytes>() {
+            Ok(b) => decode(b.as_bytes())?,
+            Err(_) => None,
+        };
+        match rec {
+            Some(rec) => out.append(rec)?,
+            None => {
                 missing += 1;
                 out.append(py.None())?;
-                continue;
-            };
-            let label = match &r.label {
-                Lab::B(x) => x.into_pyobject(py)?.to_owned().into_any(),
-                Lab::F(x) => PyFloat::new(py, *x).into_any(),
-                Lab::S(x) => PyString::new(py, x).into_any(),
-            };
-            out.append(cls.call1((id_object(py, &r.id), PyFloat::new(py, r.ts), label))?)?;
+            }
         }
-        Ok((out, missing))
+    }
+    Ok((out, missing))
+}
+
+impl Decoder {
+    fn event_object<'py>(&self, py: Python<'py>, r: &EventRec) -> PyResult<Bound<'py, PyAny>> {
+        let feats = PyDict::new(py);
+        for (name, f) in self.py_names.iter().zip(&r.feats) {
+            let v = match f {
+                Feat::F(x) => PyFloat::new(py, *x).into_any(),
+                Feat::I(x) => x.into_pyobject(py)?.into_any(),
+                Feat::B(x) => x.into_pyobject(py)?.to_owned().into_any(),
+                Feat::S(x) => PyString::new(py, x).into_any(),
+            };
+            feats.set_item(name.bind(py), v)?;
+        }
+        let sv = match r.served_version {
+            Some(v) => v.into_pyobject(py)?.into_any(),
+            None => py.None().into_bound(py),
+        };
+        let pred = match &r.prediction {
+            Pred::None => py.None().into_bound(py),
+            Pred::F(x) => PyFloat::new(py, *x).into_any(),
+            Pred::S(x) => PyString::new(py, x).into_any(),
+        };
+        self.event_cls.bind(py).call1((id_object(py, &r.id), PyFloat::new(py, r.ts), feats, sv, pred))
+    }
+
+    fn label_object<'py>(&self, py: Python<'py>, r: &LabelRec) -> PyResult<Bound<'py, PyAny>> {
+        let label = match &r.label {
+            Lab::B(x) => x.into_pyobject(py)?.to_owned().into_any(),
+            Lab::F(x) => PyFloat::new(py, *x).into_any(),
+            Lab::S(x) => PyString::new(py, x).into_any(),
+        };
+        self.label_cls.bind(py).call1((id_object(py, &r.id), PyFloat::new(py, r.ts), label))
     }
 }
 
