@@ -156,15 +156,19 @@ impl<'a> Scanner<'a> {
             }
             _ => return None,
         }
-        let mut is_float = false;
-        if b.get(i) == Some(&b'.') {
-            i += 1;
+        // one or more digits from `i`: the index after them
+        let digits = |mut i: usize| -> Option<usize> {
             if !matches!(b.get(i), Some(b'0'..=b'9')) {
                 return None;
             }
             while matches!(b.get(i), Some(b'0'..=b'9')) {
                 i += 1;
             }
+            Some(i)
+        };
+        let mut is_float = false;
+        if b.get(i) == Some(&b'.') {
+            i = digits(i + 1)?;
             is_float = true;
         }
         if matches!(b.get(i), Some(b'e' | b'E')) {
@@ -172,12 +176,7 @@ impl<'a> Scanner<'a> {
             if matches!(b.get(i), Some(b'+' | b'-')) {
                 i += 1;
             }
-            if !matches!(b.get(i), Some(b'0'..=b'9')) {
-                return None;
-            }
-            while matches!(b.get(i), Some(b'0'..=b'9')) {
-                i += 1;
-            }
+            i = digits(i)?;
             is_float = true;
         }
         self.pos = i;
