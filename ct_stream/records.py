@@ -38,7 +38,6 @@ import orjson
 import pyarrow as pa
 
 from ct_stream.errors import CodecError, TopologyError
-
 from ct_stream.native import module as _native
 
 __all__ = [

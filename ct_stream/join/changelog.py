@@ -17,7 +17,8 @@ Format
       or a few per commit (:meth:`PartitionJoiner.drain_changes
       <ct_stream.join.PartitionJoiner.drain_changes>`).
 
-    A chunk's value is the orjson encoding of a list of ``[key, value]`` pairs (joiner
+    A chunk's value is the JSON encoding (orjson's, or the native encoder's:
+    docs/native.md) of a list of ``[key, value]`` pairs (joiner
     keys and JSON values, ``null`` deleting a key), at most ``max_bytes`` long (a chunk
     that encodes bigger is split; a single pair bigger than ``max_bytes`` is written
     alone). The state is the pairs of the live generation's snapshot chunks in order,
@@ -133,10 +134,12 @@ class ChangelogWriter:
                 snapshot: Callable[[], dict[str, Any] | list[bytes]],
                 allow_snapshot: bool = True) -> list[tuple[bytes, bytes | None]]:
         """The records for one commit: the delta chunks of ``changes`` (the joiner's
-        :meth:`drain_changes`, already taken, or its encoded pairs from
-        :meth:`drain_encoded <ct_stream.join.PartitionJoiner.drain_encoded>`), or, once the delta entries since the last
-        snapshot reach ``max(min_entries, delta_ratio * joiner_state_size)``, a snapshot (``snapshot()``,
-        taken after the drain) with its marker and tombstones. Write them in this order.
+        :meth:`drain_changes`, already taken, or the encoded pairs of
+        :meth:`drain_encoded <ct_stream.join.PartitionJoiner.drain_encoded>`), or, once the
+        delta entries since the last snapshot reach ``max(min_entries, delta_ratio *
+        joiner_state_size)``, a snapshot (``snapshot()``, taken after the drain: a dict as
+        :meth:`snapshot` gives, or encoded pairs as :meth:`snapshot_encoded` gives) with its
+        marker and tombstones. Write them in this order.
         ``allow_snapshot=False`` writes deltas even when a snapshot is due (it comes at a
         later commit): the runtime lets one partition snapshot per commit, so partitions
         that grow alike do not all pause the same commit."""
