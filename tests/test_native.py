@@ -84,6 +84,26 @@ def test_records_in_the_contract_form_are_decoded_natively(schema: RecordSchema)
     assert missing == 0 and [typed(x) for x in got] == [typed(x) for x in labels]
 
 
+def test_a_module_older_than_its_sources_is_found(tmp_path: Any) -> None:
+    """An editable install does not rebuild the extension: ct_stream.native warns at
+    import when a crate file changed after the module was built (mtimes set, no sleep)."""
+    import os
+
+    from ct_stream.native import stale_sources
+
+    crate, built = tmp_path / "native", tmp_path / "_native.so"
+    (crate / "src").mkdir(parents=True)
+    for f in (crate / "Cargo.toml", crate / "src" / "lib.rs", crate / "src" / "json.rs", built):
+        f.write_text("x")
+        os.utime(f, (1000, 1000))
+    assert stale_sources(built, crate) == []
+    os.utime(crate / "src" / "json.rs", (1001, 1001))
+    assert stale_sources(built, crate) == [crate / "src" / "json.rs"]
+    os.utime(built, (1002, 1002))
+    assert stale_sources(built, crate) == []
+    assert stale_sources(built, tmp_path / "no-crate") == []  # an installed package has no crate beside it
+
+
 # ------------------------------------------------------------------ JSON text, by hand
 
 @st.composite
