@@ -61,6 +61,17 @@ def learn_in_batches(model: BatchLogisticRegression, X, y, w, size: int) -> np.n
     return np.concatenate(out)
 
 
+@pytest.fixture(autouse=True, params=["native", "numpy"])
+def learn_path(request, monkeypatch):
+    """Every test twice: ``learn_batch`` in ct_stream._native (River's steps row by row)
+    and the numpy fixed point; both must equal River."""
+    if request.param == "numpy":
+        monkeypatch.setattr(linear_module, "_native", None)
+    elif linear_module._native is None:
+        pytest.skip("ct_stream._native is not built")
+    return request.param
+
+
 @pytest.fixture(scope="module")
 def stream():
     return make_stream()

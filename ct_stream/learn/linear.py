@@ -26,6 +26,12 @@ How it stays exact while vectorised:
   depends on rows ``<= i``: no row's own label (or a later one) reaches its prediction.
 
 Only dense input: no nulls or absent features (River's scaler counts per feature).
+
+With the native data path (``ct_stream._native``, docs/native.md), ``learn_batch`` runs
+River's own steps one row at a time in Rust instead (``native/src/sgd.rs``: the scaler's
+``learn_one`` update, the ``Log`` loss gradient with its thresholds, the SGD step), about
+nine times the numpy fixed point's rate here and equal to River to ~1e-15; the fixed
+point above is the fallback. The class attribute ``native`` chooses.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from ct_stream.errors import LearnError
 from ct_stream.learn._validate import finite_matrix
+from ct_stream.native import module as _native
 
 __all__ = ["BatchLogisticRegression", "STATE_KIND"]
 
@@ -91,6 +98,11 @@ class BatchLogisticRegression:
     >>> model.n_seen
     4
     """
+
+    #: ``learn_batch`` row by row in ``ct_stream._native`` when it is built (docs/native.md),
+    #: else the numpy fixed point; both equal River's ``learn_one`` (tests/test_learn.py).
+    #: A class attribute, so models pickled before it existed have it too.
+    native: bool = True
 
     def __init__(self, n_scaled: int, n_passthrough: int = 0, *, lr: float = 0.01,
                  intercept_lr: float = 0.01, block: int = 1024, tol: float = 1e-9) -> None:
@@ -189,6 +201,8 @@ class BatchLogisticRegression:
         wv = self._check_w(w, rows)
         if rows == 0:
             return np.empty(0)
+        if self.native and _native is not None:  # row by row as River, natively
+            return self._learn_native(arr, yv, wv)
         # feature-major: every prefix sum runs along contiguous memory
         XT = np.ascontiguousarray(arr.T)
         z_pred, z_learn = self._scale_prequential(XT[: self.n_scaled])
@@ -203,6 +217,20 @@ class BatchLogisticRegression:
                                         None if wv is None else wv[s:e], coef, b, out[s:e])
         self.coef, self.intercept = coef, b
         self.n_seen += rows
+        return out
+
+    def _learn_native(self, X: F64, y: F64, w: F64 | None) -> F64:
+        """:meth:`learn_batch` by ``ct_stream._native.lr_learn``: River's steps one row at a
+        time (scaler ``learn_one``, the log-loss gradient, SGD), no fixed point."""
+        need = ["C_CONTIGUOUS", "WRITEABLE", "OWNDATA"]
+        self.mean, self.var, self.coef = (np.require(a, np.float64, need) for a in (self.mean, self.var, self.coef))
+        out = np.empty(len(y))
+        self.intercept = _native.lr_learn(  # type: ignore[union-attr]
+            np.ascontiguousarray(X, np.float64), np.ascontiguousarray(y, np.float64),
+            None if w is None else np.ascontiguousarray(w, np.float64), self.n_scaled, self.n_passthrough,
+            self.count, self.mean, self.var, self.coef, self.intercept, self.lr, self.intercept_lr, out)
+        self.count += len(y)
+        self.n_seen += len(y)
         return out
 
     def _scale_prequential(self, XT: F64) -> tuple[F64, F64]:

@@ -10,6 +10,7 @@
 
 mod changes;
 mod json;
+mod sgd;
 
 use json::{Scanner, Val};
 use pyo3::prelude::*;
@@ -405,5 +406,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Decoder>()?;
     m.add_function(wrap_pyfunction!(changes::encode_changes, m)?)?;
     m.add_function(wrap_pyfunction!(changes::encode_snapshot, m)?)?;
+    m.add_function(wrap_pyfunction!(sgd::lr_learn, m)?)?;
     Ok(())
 }
