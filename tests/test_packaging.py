@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
+
+from ct_stream.records import RecordSchema
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -91,3 +95,15 @@ def test_run_without_a_bootstrap_says_what_is_missing():
                          capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"}, timeout=60)
     assert out.returncode == 2
     assert "--bootstrap: missing; allowed: HOST:PORT" in out.stderr
+
+
+def test_the_native_module_is_built_when_cargo_is_present():
+    """`pip install` builds ct_stream._native optionally (a failed build only warns): a
+    machine with cargo must have it, or the native path would silently be the Python
+    one. (Here, not in test_native.py, whose tests skip without the module.)"""
+    from ct_stream.native import module
+
+    if shutil.which("cargo") is None:
+        pytest.skip("no cargo on PATH: the pure-Python path is expected")
+    assert module is not None
+    assert RecordSchema(features={"x": "float"}, label_type="binary")._native_decoder is not None
