@@ -659,12 +659,13 @@ def _labels_columnar(values: Sequence[bytes | None], schema: RecordSchema) -> li
     return list(map(Label, ids, ts, labels))
 
 
-def _complete(native: tuple[list[Any], int], values: Sequence[bytes | None], schema: RecordSchema,
-              kafka_ts_ms: Sequence[int | None] | None,
-              decode_one: Callable[..., Any]) -> tuple[list[Any], list[tuple[int, Reject]]]:
-    """The native decoder's batch (a record or None per value, and how many are None)
-    with its None values decoded here: the records, and ``(index, reject)`` pairs."""
-    decoded, n_missing = native
+def _decode_native(native: Callable[[list[Any]], tuple[list[Any], int]], values: Sequence[bytes | None],
+                   schema: RecordSchema, kafka_ts_ms: Sequence[int | None] | None,
+                   decode_one: Callable[..., Any]) -> tuple[list[Any], list[tuple[int, Reject]]]:
+    """``values`` through the native decoder's batch method (a record or None per value,
+    and how many are None), its None values decoded here with ``decode_one``: the
+    records, and ``(index, reject)`` pairs."""
+    decoded, n_missing = native(values if type(values) is list else list(values))
     if not n_missing:
         return decoded, []
     good: list[Any] = []
@@ -695,8 +696,7 @@ def decode_events(values: Sequence[bytes | None], schema: RecordSchema,
     _check_lengths(values, kafka_ts_ms)
     native = schema._native_decoder
     if native is not None:
-        return _complete(native.events(values if type(values) is list else list(values)), values, schema,
-                         kafka_ts_ms, decode_event)
+        return _decode_native(native.events, values, schema, kafka_ts_ms, decode_event)
     if len(values) >= _COLUMNAR_MIN:
         fast = _events_columnar(values, schema)
         if fast is not None:
@@ -718,8 +718,7 @@ def decode_labels(values: Sequence[bytes | None], schema: RecordSchema,
     _check_lengths(values, kafka_ts_ms)
     native = schema._native_decoder
     if native is not None:
-        return _complete(native.labels(values if type(values) is list else list(values)), values, schema,
-                         kafka_ts_ms, decode_label)
+        return _decode_native(native.labels, values, schema, kafka_ts_ms, decode_label)
     if len(values) >= _COLUMNAR_MIN:
         fast = _labels_columnar(values, schema)
         if fast is not None:

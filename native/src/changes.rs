@@ -93,7 +93,7 @@ fn write_seq<'py>(out: &mut String, items: impl Iterator<Item = Bound<'py, PyAny
     Some(())
 }
 
-/// `,<item>` for each item of `e` from index `from` on (the rest of an entry's fields).
+/// `,<item>` for the items of `e` at `idx`, in that order.
 fn write_fields(out: &mut String, e: &Bound<'_, PyTuple>, idx: &[usize]) -> Option<()> {
     for &k in idx {
         out.push(',');
@@ -118,6 +118,15 @@ fn write_features(out: &mut String, e: &Bound<'_, PyTuple>, own: &Bound<'_, PyAn
     }
     out.push(']');
     Some(())
+}
+
+/// The fields of event entry `e` in a change-log value: `,<the items at before>,features,
+/// served_version,prediction` (`before`: offset and ts for a pending event, the offset
+/// alone for an expired negative).
+fn write_event(out: &mut String, e: &Bound<'_, PyTuple>, before: &[usize], own: &Bound<'_, PyAny>) -> Option<()> {
+    write_fields(out, e, before)?;
+    write_features(out, e, own)?;
+    write_fields(out, e, &[3, 4])
 }
 
 /// A seq number (`None` -> null).
@@ -151,9 +160,7 @@ fn write_pending(out: &mut String, event: bool, seq: Option<i64>, e: &Bound<'_, 
     if event {
         out.push_str("[\"e\"");
         write_seq_number(out, seq);
-        write_fields(out, e, &[2, 1])?;
-        write_features(out, e, own)?;
-        write_fields(out, e, &[3, 4])?;
+        write_event(out, e, &[2, 1], own)?;
     } else {
         out.push_str("[\"l\"");
         write_seq_number(out, seq);
@@ -173,10 +180,7 @@ fn write_done(out: &mut String, d: &Bound<'_, PyAny>, own: &Bound<'_, PyAny>, jo
         write_fields(out, d, &[1])?;
         let kept = d.get_item(2).ok()?;
         if !kept.is_none() {
-            let e = kept.downcast_exact::<PyTuple>().ok()?;
-            write_fields(out, e, &[2])?;
-            write_features(out, e, own)?;
-            write_fields(out, e, &[3, 4])?;
+            write_event(out, kept.downcast_exact::<PyTuple>().ok()?, &[2], own)?;
         }
     } else {
         write_str(out, joined);
@@ -190,18 +194,6 @@ fn write_done(out: &mut String, d: &Bound<'_, PyAny>, own: &Bound<'_, PyAny>, jo
 /// `id` of a Python str, or None.
 fn id_str<'a>(i: &'a Bound<'_, PyAny>) -> Option<&'a str> {
     i.downcast_exact::<PyString>().ok()?.to_str().ok()
-}
-
-/// The pair of the done entry or nothing held (`null`) for `i`, into `buf`.
-fn write_done_pair(buf: &mut String, i: &Bound<'_, PyAny>, done: &Bound<'_, PyDict>, own: &Bound<'_, PyAny>,
-                   joined: &str) -> PyResult<Option<()>> {
-    Ok(match done.get_item(i)? {
-        Some(d) => write_done(buf, &d, own, joined),
-        None => {
-            buf.push_str("null");
-            Some(())
-        }
-    })
 }
 
 fn finish(py: Python<'_>, out: &Bound<'_, PyList>, buf: &mut String) -> PyResult<()> {
@@ -237,8 +229,11 @@ pub fn encode_changes<'py>(py: Python<'py>, log: &Bound<'py, PyList>, log_seq: i
             e.downcast_exact::<PyTuple>().ok().and_then(|e| write_pending(&mut buf, true, created, e, own))
         } else if let Some(e) = labels.get_item(&i)? {
             e.downcast_exact::<PyTuple>().ok().and_then(|e| write_pending(&mut buf, false, created, e, own))
+        } else if let Some(d) = done.get_item(&i)? {
+            write_done(&mut buf, &d, own, joined)
         } else {
-            write_done_pair(&mut buf, &i, done, own, joined)?
+            buf.push_str("null"); // the joiner no longer holds it
+            Some(())
         };
         if ok.is_none() {
             return Ok(None);
@@ -297,8 +292,9 @@ pub fn encode_snapshot<'py>(py: Python<'py>, front: &Bound<'py, PyList>, front_p
             let s = match fresh.get_item(&i)? {
                 Some(s) => s.extract::<i64>()?,
                 None => {
+                    let r = rank; // the older entries: numbered in (deadline, arrival) order
                     rank += 1;
-                    rank - 1
+                    r
                 }
             };
             write_key(&mut buf, id);

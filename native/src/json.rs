@@ -69,31 +69,15 @@ impl<'a> Scanner<'a> {
         self.pos == self.b.len()
     }
 
-    /// A string (the opening quote next, after whitespace).
+    /// A string (the opening quote next, after whitespace): borrowed from the input
+    /// unless it has escapes.
     pub fn string(&mut self) -> Option<Cow<'a, str>> {
         if !self.eat(b'"') {
             return None;
         }
-        let start = self.pos;
         let b = self.b;
-        let mut i = start;
-        while i < b.len() {
-            let c = b[i];
-            if c == b'"' {
-                self.pos = i + 1;
-                return std::str::from_utf8(&b[start..i]).ok().map(Cow::Borrowed);
-            }
-            if c == b'\\' {
-                break;
-            }
-            if c < 0x20 {
-                return None;
-            }
-            i += 1;
-        }
-        // escapes: decode into an owned string
-        let mut out = String::with_capacity(i - start + 8);
-        out.push_str(std::str::from_utf8(&b[start..i]).ok()?);
+        let mut i = self.pos;
+        let mut owned: Option<String> = None; // from the first escape on
         loop {
             let run = i;
             while i < b.len() && b[i] != b'"' && b[i] != b'\\' {
@@ -102,39 +86,44 @@ impl<'a> Scanner<'a> {
                 }
                 i += 1;
             }
-            out.push_str(std::str::from_utf8(&b[run..i]).ok()?);
-            match b.get(i)? {
-                b'"' => {
-                    self.pos = i + 1;
-                    return Some(Cow::Owned(out));
-                }
-                _ => {
-                    let e = *b.get(i + 1)?;
-                    i += 2;
-                    match e {
-                        b'"' => out.push('"'),
-                        b'\\' => out.push('\\'),
-                        b'/' => out.push('/'),
-                        b'b' => out.push('\u{8}'),
-                        b'f' => out.push('\u{c}'),
-                        b'n' => out.push('\n'),
-                        b'r' => out.push('\r'),
-                        b't' => out.push('\t'),
-                        b'u' => {
-                            let hex = std::str::from_utf8(b.get(i..i + 4)?).ok()?;
-                            if !hex.bytes().all(|h| h.is_ascii_hexdigit()) {
-                                return None;
-                            }
-                            let code = u32::from_str_radix(hex, 16).ok()?;
-                            if (0xD800..0xE000).contains(&code) {
-                                return None; // surrogates: left to Python
-                            }
-                            out.push(char::from_u32(code)?);
-                            i += 4;
-                        }
-                        _ => return None,
+            // runs end at ASCII bytes, so each one is whole UTF-8 on its own
+            let text = std::str::from_utf8(&b[run..i]).ok()?;
+            if *b.get(i)? == b'"' {
+                self.pos = i + 1;
+                return Some(match owned {
+                    None => Cow::Borrowed(text),
+                    Some(mut out) => {
+                        out.push_str(text);
+                        Cow::Owned(out)
                     }
+                });
+            }
+            let out = owned.get_or_insert_with(String::new);
+            out.push_str(text);
+            let e = *b.get(i + 1)?;
+            i += 2;
+            match e {
+                b'"' => out.push('"'),
+                b'\\' => out.push('\\'),
+                b'/' => out.push('/'),
+                b'b' => out.push('\u{8}'),
+                b'f' => out.push('\u{c}'),
+                b'n' => out.push('\n'),
+                b'r' => out.push('\r'),
+                b't' => out.push('\t'),
+                b'u' => {
+                    let hex = std::str::from_utf8(b.get(i..i + 4)?).ok()?;
+                    if !hex.bytes().all(|h| h.is_ascii_hexdigit()) {
+                        return None;
+                    }
+                    let code = u32::from_str_radix(hex, 16).ok()?;
+                    if (0xD800..0xE000).contains(&code) {
+                        return None; // surrogates: left to Python
+                    }
+                    out.push(char::from_u32(code)?);
+                    i += 4;
                 }
+                _ => return None,
             }
         }
     }
@@ -203,27 +192,44 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// An object (`keyed`) or an array, its opening byte next: scanned, given as `Other`.
-    fn container(&mut self, depth: u32, close: u8, keyed: bool) -> Option<Val<'a>> {
-        if depth >= MAX_DEPTH {
+    /// An object's members, its `{` next: `member(key, scanner)` reads a member's value,
+    /// or returns false to leave it to be scanned (at `depth + 1`) and ignored.
+    pub fn members(&mut self, depth: u32, mut member: impl FnMut(&str, &mut Self) -> Option<bool>) -> Option<()> {
+        if depth >= MAX_DEPTH || !self.eat(b'{') {
             return None;
         }
-        self.pos += 1;
-        if self.eat(close) {
+        if self.eat(b'}') {
+            return Some(());
+        }
+        loop {
+            let key = self.string()?;
+            if !self.eat(b':') {
+                return None;
+            }
+            if !member(&key, self)? {
+                self.value(depth + 1)?;
+            }
+            if self.eat(b',') {
+                continue;
+            }
+            return if self.eat(b'}') { Some(()) } else { None };
+        }
+    }
+
+    /// An array, its `[` next: scanned, given as `Other`.
+    fn array(&mut self, depth: u32) -> Option<Val<'a>> {
+        if depth >= MAX_DEPTH || !self.eat(b'[') {
+            return None;
+        }
+        if self.eat(b']') {
             return Some(Val::Other);
         }
         loop {
-            if keyed {
-                self.string()?;
-                if !self.eat(b':') {
-                    return None;
-                }
-            }
             self.value(depth + 1)?;
             if self.eat(b',') {
                 continue;
             }
-            return if self.eat(close) { Some(Val::Other) } else { None };
+            return if self.eat(b']') { Some(Val::Other) } else { None };
         }
     }
 
@@ -232,8 +238,8 @@ impl<'a> Scanner<'a> {
         self.ws();
         match self.peek()? {
             b'"' => self.string().map(Val::Str),
-            b'{' => self.container(depth, b'}', true),
-            b'[' => self.container(depth, b']', false),
+            b'{' => self.members(depth, |_, _| Some(false)).map(|_| Val::Other),
+            b'[' => self.array(depth),
             b't' => self.literal(b"true", Val::Bool(true)),
             b'f' => self.literal(b"false", Val::Bool(false)),
             b'n' => self.literal(b"null", Val::Null),

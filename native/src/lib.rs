@@ -1,12 +1,16 @@
 //! ct-stream's native data path (the Python module `ct_stream._native`).
 //!
-//! Today: [`Decoder`], the batch decoder of event and label records in the common form,
-//! and `encode_changes` (changes.rs), the joiner's change log drained and encoded.
-//! For every record in the common form it gives exactly what `ct_stream.records.decode_event`
-//! / `decode_label` give, and `None` for any other record (a reject, a missing or ISO ts,
-//! a conversion other than int to float, anything the strict scanner leaves to Python),
-//! which the caller then decodes in Python. Property tests compare the two
-//! (tests/test_native.py).
+//! - [`Decoder`] (here): the batch decoder of event and label records. For every record
+//!   in the common form it gives exactly what `ct_stream.records.decode_event` /
+//!   `decode_label` give, and `None` for any other record (a reject, a missing or ISO ts,
+//!   a conversion other than int to float, anything the strict scanner of json.rs leaves
+//!   to Python), which the caller then decodes in Python.
+//! - `encode_changes` and `encode_snapshot` (changes.rs): the joiner's change log and
+//!   snapshot, encoded as JSON pairs straight from its state.
+//! - `lr_learn` (sgd.rs): the default model's `learn_batch`, River's steps row by row.
+//!
+//! Each has its Python reference, and property tests compare the two (tests/test_native.py,
+//! tests/test_learn.py).
 
 mod changes;
 mod json;
@@ -30,6 +34,15 @@ enum LabelType {
     Binary,
     Multiclass,
     Regression,
+}
+
+impl LabelType {
+    const ALL: [(LabelType, &'static str); 3] =
+        [(LabelType::Binary, "binary"), (LabelType::Multiclass, "multiclass"), (LabelType::Regression, "regression")];
+
+    fn name(self) -> &'static str {
+        LabelType::ALL.iter().find(|(t, _)| *t == self).map(|(_, n)| *n).expect("every label type has a name")
+    }
 }
 
 /// The common-form values of one record, before any Python object is made.
@@ -76,7 +89,6 @@ struct LabelRec<'a> {
 struct Decoder {
     names: Vec<String>,
     codes: Vec<u8>,
-    label_type_name: String,
     py_names: Vec<Py<PyString>>,
     label_type: LabelType,
     id_field: String,
@@ -114,38 +126,20 @@ impl Decoder {
         as_f64(&v?)
     }
 
-    fn in_range(&self, f: f64) -> bool {
-        -self.max_abs_value <= f && f <= self.max_abs_value
+    /// A number as Python decodes it where a float is expected: an int converted, within
+    /// `max_abs_value`.
+    fn number(&self, v: &Val) -> Option<f64> {
+        as_f64(v).filter(|f| -self.max_abs_value <= *f && *f <= self.max_abs_value)
     }
 
-    /// The top-level object: `fields(key, scanner)` handles a key's value (and returns
-    /// false to refuse the record); other keys' values are scanned and ignored.
-    fn object<'a>(&self, value: &'a [u8], mut field: impl FnMut(&str, &mut Scanner<'a>) -> Option<bool>) -> Option<()> {
+    /// The top-level object: `field(key, scanner)` as for [`Scanner::members`], and
+    /// nothing after it.
+    fn object<'a>(&self, value: &'a [u8], field: impl FnMut(&str, &mut Scanner<'a>) -> Option<bool>) -> Option<()> {
         if value.len() > self.max_record_bytes {
             return None;
         }
         let mut sc = Scanner::new(value);
-        if !sc.eat(b'{') {
-            return None;
-        }
-        if !sc.eat(b'}') {
-            loop {
-                let key = sc.string()?;
-                if !sc.eat(b':') {
-                    return None;
-                }
-                if !field(&key, &mut sc)? {
-                    sc.value(0)?;
-                }
-                if sc.eat(b',') {
-                    continue;
-                }
-                if sc.eat(b'}') {
-                    break;
-                }
-                return None;
-            }
-        }
+        sc.members(0, field)?;
         if sc.at_end() {
             Some(())
         } else {
@@ -153,44 +147,23 @@ impl Decoder {
         }
     }
 
+    /// The `features` object (not an object, or null: left to Python).
     fn features<'a>(&self, sc: &mut Scanner<'a>) -> Option<Vec<Feat<'a>>> {
-        if !sc.eat(b'{') {
-            return None; // not an object (or null): left to Python
-        }
-        let n = self.names.len();
         // the last value of a key counts (as orjson reads a key given twice)
-        let mut slots: Vec<Option<Val<'a>>> = (0..n).map(|_| None).collect();
-        if !sc.eat(b'}') {
-            loop {
-                let key = sc.string()?;
-                if !sc.eat(b':') {
-                    return None;
-                }
-                // an undeclared feature: the events must not keep it (left to Python)
-                let k = self.names.iter().position(|name| *name == key)?;
-                slots[k] = Some(sc.value(1)?);
-                if sc.eat(b',') {
-                    continue;
-                }
-                if sc.eat(b'}') {
-                    break;
-                }
-                return None;
-            }
-        }
+        let mut slots: Vec<Option<Val<'a>>> = (0..self.names.len()).map(|_| None).collect();
+        sc.members(1, |key, sc| {
+            // an undeclared feature: the events must not keep it (left to Python)
+            let k = self.names.iter().position(|name| name == key)?;
+            slots[k] = Some(sc.value(1)?);
+            Some(true)
+        })?;
         // a declared feature missing, or of another type: None
         slots.into_iter().zip(&self.codes).map(|(v, code)| self.feature(v?, *code)).collect()
     }
 
     fn feature<'a>(&self, v: Val<'a>, code: u8) -> Option<Feat<'a>> {
         Some(match code {
-            FLOAT => {
-                let f = as_f64(&v)?;
-                if !self.in_range(f) {
-                    return None;
-                }
-                Feat::F(f)
-            }
+            FLOAT => Feat::F(self.number(&v)?),
             INT => match v {
                 Val::Int(i) if -self.int_limit <= i && i <= self.int_limit => Feat::I(i),
                 _ => return None,
@@ -239,13 +212,7 @@ impl Decoder {
             Val::Str(s) if self.label_type == LabelType::Multiclass && !too_long(&s, self.max_string_length) => {
                 Pred::S(s)
             }
-            v @ (Val::Float(_) | Val::Int(_)) if self.label_type != LabelType::Multiclass => {
-                let f = as_f64(&v)?;
-                if !self.in_range(f) {
-                    return None;
-                }
-                Pred::F(f)
-            }
+            v @ (Val::Float(_) | Val::Int(_)) if self.label_type != LabelType::Multiclass => Pred::F(self.number(&v)?),
             _ => return None,
         };
         Some(EventRec { id: self.check_id(id)?, ts: self.check_ts(ts)?, feats: feats?, served_version, prediction })
@@ -270,16 +237,42 @@ impl Decoder {
             (LabelType::Multiclass, Val::Str(s)) if !s.is_empty() && !too_long(&s, self.max_string_length) => {
                 Lab::S(s)
             }
-            (LabelType::Regression, v @ (Val::Float(_) | Val::Int(_))) => {
-                let f = as_f64(&v)?;
-                if !self.in_range(f) {
-                    return None;
-                }
-                Lab::F(f)
-            }
+            (LabelType::Regression, v) => Lab::F(self.number(&v)?),
             _ => return None,
         };
         Some(LabelRec { id: self.check_id(id)?, ts: self.check_ts(ts)?, label })
+    }
+
+    fn event_object<'py>(&self, py: Python<'py>, r: &EventRec) -> PyResult<Bound<'py, PyAny>> {
+        let feats = PyDict::new(py);
+        for (name, f) in self.py_names.iter().zip(&r.feats) {
+            let v = match f {
+                Feat::F(x) => PyFloat::new(py, *x).into_any(),
+                Feat::I(x) => x.into_pyobject(py)?.into_any(),
+                Feat::B(x) => x.into_pyobject(py)?.to_owned().into_any(),
+                Feat::S(x) => PyString::new(py, x).into_any(),
+            };
+            feats.set_item(name.bind(py), v)?;
+        }
+        let sv = match r.served_version {
+            Some(v) => v.into_pyobject(py)?.into_any(),
+            None => py.None().into_bound(py),
+        };
+        let pred = match &r.prediction {
+            Pred::None => py.None().into_bound(py),
+            Pred::F(x) => PyFloat::new(py, *x).into_any(),
+            Pred::S(x) => PyString::new(py, x).into_any(),
+        };
+        self.event_cls.bind(py).call1((id_object(py, &r.id), PyFloat::new(py, r.ts), feats, sv, pred))
+    }
+
+    fn label_object<'py>(&self, py: Python<'py>, r: &LabelRec) -> PyResult<Bound<'py, PyAny>> {
+        let label = match &r.label {
+            Lab::B(x) => x.into_pyobject(py)?.to_owned().into_any(),
+            Lab::F(x) => PyFloat::new(py, *x).into_any(),
+            Lab::S(x) => PyString::new(py, x).into_any(),
+        };
+        self.label_cls.bind(py).call1((id_object(py, &r.id), PyFloat::new(py, r.ts), label))
     }
 }
 
@@ -305,19 +298,12 @@ impl Decoder {
                 "Decoder: got {} names and codes {:?}; allowed: as many codes (0..=3) as names, at least one",
                 names.len(), codes)));
         }
-        let label_type_name = label_type;
-        let label_type = match label_type {
-            "binary" => LabelType::Binary,
-            "multiclass" => LabelType::Multiclass,
-            "regression" => LabelType::Regression,
-            other => {
-                return Err(PyValueError::new_err(format!(
-                    "Decoder: label_type '{other}'; allowed: 'binary', 'multiclass' or 'regression'")))
-            }
+        let Some((label_type, _)) = LabelType::ALL.into_iter().find(|(_, n)| *n == label_type) else {
+            return Err(PyValueError::new_err(format!(
+                "Decoder: label_type '{label_type}'; allowed: 'binary', 'multiclass' or 'regression'")));
         };
         let py_names = names.iter().map(|n| PyString::intern(py, n).unbind()).collect();
-        let label_type_name = label_type_name.to_owned();
-        Ok(Decoder { names, codes, label_type_name, py_names, label_type, id_field, ts_field, max_record_bytes, max_string_length,
+        Ok(Decoder { names, codes, py_names, label_type, id_field, ts_field, max_record_bytes, max_string_length,
                      max_abs_value, int_limit, event_cls, label_cls })
     }
 
@@ -326,7 +312,7 @@ impl Decoder {
     fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
         let py = slf.py();
         let d = slf.get();
-        let args = (d.names.clone(), d.codes.clone(), d.label_type_name.clone(), d.id_field.clone(), d.ts_field.clone(),
+        let args = (d.names.clone(), d.codes.clone(), d.label_type.name(), d.id_field.clone(), d.ts_field.clone(),
                     d.max_record_bytes, d.max_string_length, d.max_abs_value, d.int_limit, d.event_cls.clone_ref(py),
                     d.label_cls.clone_ref(py)).into_pyobject(py)?;
         Ok((slf.get_type().into_any(), args.into_any()))
@@ -365,40 +351,6 @@ fn batch<'py>(py: Python<'py>, values: &Bound<'py, PyList>,
         }
     }
     Ok((out, missing))
-}
-
-impl Decoder {
-    fn event_object<'py>(&self, py: Python<'py>, r: &EventRec) -> PyResult<Bound<'py, PyAny>> {
-        let feats = PyDict::new(py);
-        for (name, f) in self.py_names.iter().zip(&r.feats) {
-            let v = match f {
-                Feat::F(x) => PyFloat::new(py, *x).into_any(),
-                Feat::I(x) => x.into_pyobject(py)?.into_any(),
-                Feat::B(x) => x.into_pyobject(py)?.to_owned().into_any(),
-                Feat::S(x) => PyString::new(py, x).into_any(),
-            };
-            feats.set_item(name.bind(py), v)?;
-        }
-        let sv = match r.served_version {
-            Some(v) => v.into_pyobject(py)?.into_any(),
-            None => py.None().into_bound(py),
-        };
-        let pred = match &r.prediction {
-            Pred::None => py.None().into_bound(py),
-            Pred::F(x) => PyFloat::new(py, *x).into_any(),
-            Pred::S(x) => PyString::new(py, x).into_any(),
-        };
-        self.event_cls.bind(py).call1((id_object(py, &r.id), PyFloat::new(py, r.ts), feats, sv, pred))
-    }
-
-    fn label_object<'py>(&self, py: Python<'py>, r: &LabelRec) -> PyResult<Bound<'py, PyAny>> {
-        let label = match &r.label {
-            Lab::B(x) => x.into_pyobject(py)?.to_owned().into_any(),
-            Lab::F(x) => PyFloat::new(py, *x).into_any(),
-            Lab::S(x) => PyString::new(py, x).into_any(),
-        };
-        self.label_cls.bind(py).call1((id_object(py, &r.id), PyFloat::new(py, r.ts), label))
-    }
 }
 
 #[pymodule]

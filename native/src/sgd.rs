@@ -19,6 +19,15 @@ fn sigmoid(x: f64) -> f64 {
     }
 }
 
+/// River's `StandardScaler.transform_one` for one feature: 0 where the variance is 0.
+fn scaled(x: f64, mean: f64, var: f64) -> f64 {
+    if var != 0.0 {
+        (x - mean) / var.sqrt()
+    } else {
+        0.0
+    }
+}
+
 /// River's `optim.losses.Log.gradient` for a 0/1 label.
 fn log_gradient(y: f64, raw: f64) -> f64 {
     let y = if y == 0.0 { -1.0 } else { 1.0 };
@@ -78,12 +87,7 @@ pub fn lr_learn(py: Python<'_>, x: PyBuffer<f64>, y: PyBuffer<f64>, w: Option<Py
         let mut raw = b;
         for i in 0..nf {
             let xi = row[i].get();
-            let zi = if i < n_scaled {
-                let v = var[i].get();
-                if v != 0.0 { (xi - mean[i].get()) / v.sqrt() } else { 0.0 }
-            } else {
-                xi
-            };
+            let zi = if i < n_scaled { scaled(xi, mean[i].get(), var[i].get()) } else { xi };
             raw += coef[i].get() * zi;
         }
         out[k].set(sigmoid(raw));
@@ -98,7 +102,7 @@ pub fn lr_learn(py: Python<'_>, x: PyBuffer<f64>, y: PyBuffer<f64>, w: Option<Py
                 let v = var[i].get() + ((xi - old) * (xi - m) - var[i].get()) / n;
                 mean[i].set(m);
                 var[i].set(v);
-                if v != 0.0 { (xi - m) / v.sqrt() } else { 0.0 }
+                scaled(xi, m, v)
             } else {
                 xi
             };
