@@ -3,7 +3,9 @@
 :func:`ct_stream.records.examples_to_batch` validates dict rows one by one, for tests
 and small uses; the joiner's rows (:data:`~ct_stream.join.joiner.ExampleRow`) are valid
 by construction, so :func:`rows_to_arrow` transposes them in C (``zip(*rows)``) and
-makes each column with one ``pa.array`` call.
+makes each column with one ``pa.array`` call; with the native data path
+(docs/native.md), the column buffers are read straight from the row tuples instead
+(``ct_stream._native.example_columns``), which gives the same message byte for byte.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any, Iterator, Sequence
 import pyarrow as pa
 
 from ct_stream.join.joiner import _OWN_NAMES, Example, ExampleRow
+from ct_stream.native import module as _native
 from ct_stream.records import RecordSchema, encode_examples, example_schema
 
 __all__ = ["MAX_MESSAGE_BYTES", "MAX_ROWS_PER_MESSAGE", "examples_to_arrow", "rows_to_arrow", "example_messages"]
@@ -28,21 +31,25 @@ def rows_to_arrow(rows: Sequence[ExampleRow], schema: RecordSchema) -> pa.Record
     """One record batch with the columns of :func:`~ct_stream.records.example_schema`.
 
     The common case, every entry holding its values in the same feature-name order, is
-    two transpositions; any other row (an event that kept its own features dict, rows
+    one native pass over the rows or two transpositions; any other row (an event that kept its own features dict, rows
     of joiners with other name orders) takes the per-row path.
     """
     target = example_schema(schema)
     names = list(schema.features)
     if not rows:
         return pa.RecordBatch.from_arrays([pa.array([], type=f.type) for f in target], schema=target)
-    entries, row_names, label_ts, labels, outcomes, partitions = zip(*rows)
-    first = row_names[0]
     width = 5 + len(names)
+    first = rows[0][1]
+    if _native is not None and first is not None and len(first) == len(names) and set(first) == set(names):
+        batch = _native_batch(rows, first, width, target)
+        if batch is not None:
+            return batch
+    entries, row_names, label_ts, labels, outcomes, partitions = zip(*rows)
     if first is not None and len(first) == len(names) and set(first) == set(names) \
             and row_names.count(first) == len(rows) and set(map(len, entries)) == {width} \
             and (width != 7 or not any(e[5] is _OWN_NAMES for e in entries)):
-        cols: list[Any] = list(zip(*entries))
         index = {n: k for k, n in enumerate(first)}
+        cols: list[Any] = list(zip(*entries))
         features = [cols[5 + index[n]] for n in names]
     else:
         dicts = [Example.from_row(r).features for r in rows]
@@ -50,6 +57,36 @@ def rows_to_arrow(rows: Sequence[ExampleRow], schema: RecordSchema) -> pa.Record
         features = [[f[n] for f in dicts] for n in names]
     columns = [cols[0], cols[1], label_ts, labels, outcomes, cols[3], cols[4], partitions, cols[2], *features]
     return pa.RecordBatch.from_arrays([pa.array(c, type=f.type) for c, f in zip(columns, target)], schema=target)
+
+
+# Where each column of example_schema comes from in an ExampleRow (row or its event
+# entry, and the index), before the features (entry fields at their own indexes).
+_FIXED_SOURCES = ((True, 0), (True, 1), (False, 2), (False, 3), (False, 4), (True, 3), (True, 4), (False, 5),
+                  (True, 2))
+_KINDS = {pa.float64(): 0, pa.int64(): 1, pa.int32(): 2, pa.bool_(): 3, pa.string(): 4}  # example_columns' codes
+
+
+def _native_batch(rows: Sequence[ExampleRow], names: tuple[str, ...], width: int,
+                  target: pa.Schema) -> pa.RecordBatch | None:
+    """:func:`rows_to_arrow`'s common case with the native data path (docs/native.md):
+    every row's entry holds its values in the order ``names`` (the same tuple object),
+    and the column buffers are read straight from the row tuples. None for any other row
+    or a value it does not take (then the transposition and ``pa.array`` convert, and
+    give the reference answer or error)."""
+    index = {n: k for k, n in enumerate(names)}
+    sources = [*_FIXED_SOURCES, *((True, 5 + index[f.name]) for f in list(target)[len(_FIXED_SOURCES):])]
+    plan = [(entry, k, _KINDS[f.type], f.nullable) for (entry, k), f in zip(sources, target)]
+    cols = _native.example_columns(rows if type(rows) is list else list(rows), plan, names,  # type: ignore[union-attr]
+                                   width, _OWN_NAMES)
+    if cols is None:
+        return None
+    n, buffer = len(rows), pa.py_buffer
+    arrays = [pa.Array.from_buffers(f.type, n, [None if valid is None else buffer(valid), buffer(values)]
+                                    if offsets is None else
+                                    [None if valid is None else buffer(valid), buffer(offsets), buffer(values)],
+                                    null_count=nulls)
+              for f, (valid, values, offsets, nulls) in zip(target, cols)]
+    return pa.RecordBatch.from_arrays(arrays, schema=target)
 
 
 def examples_to_arrow(examples: Sequence[Example], schema: RecordSchema) -> pa.RecordBatch:

@@ -13,6 +13,7 @@
 //! tests/test_learn.py).
 
 mod changes;
+mod columns;
 mod json;
 mod sgd;
 
@@ -359,5 +360,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(changes::encode_changes, m)?)?;
     m.add_function(wrap_pyfunction!(changes::encode_snapshot, m)?)?;
     m.add_function(wrap_pyfunction!(sgd::lr_learn, m)?)?;
+    m.add_function(wrap_pyfunction!(columns::example_columns, m)?)?;
     Ok(())
 }
