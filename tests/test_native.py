@@ -518,3 +518,45 @@ def test_example_rows_encode_to_the_same_message_with_and_without_the_native_col
     assert len(answers) == 1
     if not odd and not shapes:
         assert answers[0] is not None and with_native[0] == "message"
+
+
+# --------------------------------------------------------------- pending-event entries
+
+@FUZZ
+@given(names=st.lists(st.sampled_from("abcdef"), min_size=1, max_size=5, unique=True),
+       features=st.dictionaries(st.sampled_from("abcdefg"), st.one_of(
+           st.floats(), st.integers(), st.booleans(), st.none(), st.text(max_size=3),
+           st.lists(st.integers(), max_size=2), st.tuples(st.integers()), st.tuples(st.lists(st.integers())),
+           st.dictionaries(st.text(max_size=2), st.integers(), max_size=2)),  # an untracked dict: not atomic
+           max_size=7),
+       proxy=st.booleans())
+def test_native_event_entries_are_the_generated_packers_and_gc_untracked_as_cpython_would(
+        names: list[str], features: dict[str, Any], proxy: bool) -> None:
+    """``_event_codec``'s ``pack`` with the native data path (``_native.event_entry``)
+    gives the generated Python packer's tuple, or the same KeyError (the first missing
+    name), for dicts and other mappings; the tuple is left out of the cyclic collector
+    exactly when CPython's collector would untrack the reference tuple (all values
+    atomic or untracked tuples), checked by running a young collection."""
+    import gc
+    import types
+
+    import ct_stream.join.joiner as joiner_module
+
+    got = "".join(f"f[{n!r}], " for n in names)
+    reference = eval(f"lambda i, ts, offset, sv, pred, f: (i, ts, offset, sv, pred, {got})")  # noqa: S307
+    pack, _ = joiner_module._event_codec(tuple(names))
+    assert pack is not reference and joiner_module._native is not None
+    mapping: Any = types.MappingProxyType(features) if proxy else features
+    args = ("id", 1.5, 7, None, 0.25, mapping)
+    gc.collect(0)  # the drawn tuples as the collector leaves them, before either packs them
+    try:
+        expected = reference(*args)
+    except KeyError as e:
+        with pytest.raises(KeyError) as raised:
+            pack(*args)
+        assert raised.value.args == e.args
+        return
+    entry = pack(*args)
+    assert entry == expected and type(entry) is tuple
+    gc.collect(0)
+    assert gc.is_tracked(entry) == gc.is_tracked(expected)

@@ -14,6 +14,7 @@
 
 mod changes;
 mod columns;
+mod entry;
 mod json;
 mod sgd;
 
@@ -361,5 +362,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(changes::encode_snapshot, m)?)?;
     m.add_function(wrap_pyfunction!(sgd::lr_learn, m)?)?;
     m.add_function(wrap_pyfunction!(columns::example_columns, m)?)?;
+    m.add_function(wrap_pyfunction!(entry::event_entry, m)?)?;
     Ok(())
 }
