@@ -356,12 +356,14 @@ def joiner_histories(draw: Any) -> tuple[str, list[Any]]:
     names = draw(st.lists(st.text(min_size=1, max_size=6) | st.sampled_from(['"q"', "a\\b", "\x00n", "é", "\n"]),
                           min_size=13, max_size=13))
     odd = draw(st.sampled_from([None, 2**63 - 1, -(2**63), "x\x01\"y", 1e300, -0.0, 5e-324, {"k": [1, None]}]))
+    floats = draw(st.booleans())  # all-float features (float64 text in the changelog) but where odd is put
     renamed = []
     for inp in inputs:
         rec = inp.record
         i = names[int(rec.id[1:])]
         if isinstance(rec, Event):
-            feats = dict(rec.features)
+            feats = {k: float(v) if floats and type(v) in (int, float, bool) else 0.5 if floats else v
+                     for k, v in rec.features.items()}
             if odd is not None and draw(st.integers(0, 3)) == 0:
                 feats["x"] = odd
             rec = Event(i, rec.ts, feats, rec.served_version, rec.prediction)

@@ -102,12 +102,42 @@ fn write_fields(out: &mut String, e: &Bound<'_, PyTuple>, idx: &[usize]) -> Opti
     Some(())
 }
 
+const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Append `raw` as standard base64 with padding (what Python's `base64.b64encode` writes).
+fn write_base64(out: &mut String, raw: &[u8]) {
+    for chunk in raw.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for k in 0..4 {
+            out.push(if k <= chunk.len() { BASE64[(n >> (18 - 6 * k) & 63) as usize] as char } else { '=' });
+        }
+    }
+}
+
 /// The features of event entry `e` as the change log stores them: the entry's own dict
-/// (`e[5] is own`, 7 fields) or its values from index 5 on, as an array.
+/// (`e[5] is own`, 7 fields), or its values from index 5 on: the base64 text of their
+/// little-endian float64s when every one is a finite float, else an array.
 fn write_features(out: &mut String, e: &Bound<'_, PyTuple>, own: &Bound<'_, PyAny>) -> Option<()> {
     out.push(',');
     if e.len() == 7 && e.get_item(5).ok()?.is(own) {
         return write_value(out, &e.get_item(6).ok()?, 2);
+    }
+    let mut raw: Vec<u8> = Vec::with_capacity(8 * e.len());
+    for k in 5..e.len() {
+        match e.get_borrowed_item(k).ok()?.downcast_exact::<PyFloat>() {
+            Ok(f) if f.value().is_finite() => raw.extend_from_slice(&f.value().to_le_bytes()),
+            _ => {
+                raw.clear();
+                break;
+            }
+        }
+    }
+    if !raw.is_empty() {
+        out.push('"');
+        write_base64(out, &raw);
+        out.push('"');
+        return Some(());
     }
     out.push('[');
     for k in 5..e.len() {
