@@ -246,7 +246,12 @@ impl Decoder {
     }
 
     fn event_object<'py>(&self, py: Python<'py>, r: &EventRec) -> PyResult<Bound<'py, PyAny>> {
-        let feats = PyDict::new(py);
+        // SAFETY: `_PyDict_NewPresized` returns a new, empty dict (or NULL with an error
+        // set): sized for the features, it is not resized while they go in.
+        let feats: Bound<'py, PyDict> = unsafe {
+            Bound::from_owned_ptr_or_err(py, pyo3::ffi::_PyDict_NewPresized(r.feats.len() as pyo3::ffi::Py_ssize_t))?
+                .downcast_into_unchecked()
+        };
         for (name, f) in self.py_names.iter().zip(&r.feats) {
             let v = match f {
                 Feat::F(x) => PyFloat::new(py, *x).into_any(),
