@@ -233,6 +233,8 @@ class WindowStore:
             return b.slice(n - k).nbytes <= byte_room
 
         lo, hi = 0, max_keep  # fits(lo) is assumed (k=0 keeps nothing)
+        if fits(max_keep):  # the common case: the row bound is the one that binds
+            lo = max_keep
         while lo < hi:
             mid = (lo + hi + 1) // 2
             if fits(mid):
