@@ -235,6 +235,7 @@ fn finish(py: Python<'_>, out: &Bound<'_, PyList>, buf: &mut String) -> PyResult
 /// `None` when some value is not one this encoder takes (then the caller drains in Python).
 #[pyfunction]
 #[pyo3(signature = (log, log_seq, events, labels, done, own, joined))]
+#[allow(clippy::too_many_arguments)]
 pub fn encode_changes<'py>(py: Python<'py>, log: &Bound<'py, PyList>, log_seq: i64, events: &Bound<'py, PyDict>,
                            labels: &Bound<'py, PyDict>, done: &Bound<'py, PyDict>, own: &Bound<'py, PyAny>,
                            joined: &str) -> PyResult<Option<Bound<'py, PyList>>> {

@@ -20,6 +20,7 @@ unsafe fn atomic(x: *mut ffi::PyObject) -> bool {
 /// raises. A `features` that is not exactly a dict is read with its own `__getitem__`.
 #[pyfunction]
 #[pyo3(signature = (names, i, ts, offset, served_version, prediction, features))]
+#[allow(clippy::too_many_arguments)] // the packer's own arguments, after the names
 pub fn event_entry<'py>(py: Python<'py>, names: &Bound<'py, PyTuple>, i: &Bound<'py, PyAny>, ts: &Bound<'py, PyAny>,
                         offset: &Bound<'py, PyAny>, served_version: &Bound<'py, PyAny>,
                         prediction: &Bound<'py, PyAny>, features: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyTuple>> {
