@@ -268,6 +268,7 @@ def test_restart_resumes_from_the_checkpoint(broker: Any, tmp_path: Path, window
     second = TrainerWorker(t, broker.bootstrap, signing_key=KEY)
     second.setup()
     assert second.learned == 1000 and second.learner.state() == state_after_first
+    assert list(second._seen_order) == list(first._seen_order) and second._seen == first._seen  # the dedupe memory
     assert first.window.rows == min(1000, window_rows)
     assert second.window.table().equals(first.window.table())
     # the gate's holdout (recent rows with the losses they had when predicted) came back too
@@ -285,6 +286,18 @@ def test_restart_resumes_from_the_checkpoint(broker: Any, tmp_path: Path, window
         reference.learn(batch_of(t, rows[i:i + 200]))
     assert second.learner.metrics()["n"] == pytest.approx(reference.metrics()["n"])
     assert second.learner.metrics()["log_loss"] == pytest.approx(reference.metrics()["log_loss"], rel=1e-9)
+    # a checkpoint of an earlier version holds the dedupe ids as a list: it loads the same
+    import pickle
+
+    from ct_stream.runtime.checkpoint import write_atomic
+
+    cp = pickle.loads(second.checkpoint_path.read_bytes())
+    assert isinstance(cp["seen"], pa.Array) and len(cp["seen"]) == min(2000, window_rows)
+    write_atomic(second.checkpoint_path, pickle.dumps({**cp, "seen": cp["seen"].to_pylist()}))
+    third = TrainerWorker(t, broker.bootstrap, signing_key=KEY)
+    third.setup()
+    third.close()
+    assert list(third._seen_order) == list(second._seen_order) and third.learned == 2000
 
 
 def test_run_role_all_joins_learns_publishes_and_exposes_metrics(broker: Any, tmp_path: Path) -> None:
