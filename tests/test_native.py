@@ -544,10 +544,13 @@ def test_native_event_entries_are_the_generated_packers_and_gc_untracked_as_cpyt
 
     import ct_stream.join.joiner as joiner_module
 
-    got = "".join(f"f[{n!r}], " for n in names)
-    reference = eval(f"lambda i, ts, offset, sv, pred, f: (i, ts, offset, sv, pred, {got})")  # noqa: S307
     pack, _ = joiner_module._event_codec(tuple(names))
-    assert pack is not reference and joiner_module._native is not None
+    native, joiner_module._native = joiner_module._native, None
+    try:
+        reference, _ = joiner_module._event_codec(tuple(names))  # the generated Python packer
+    finally:
+        joiner_module._native = native
+    assert pack is not reference and native is not None
     mapping: Any = types.MappingProxyType(features) if proxy else features
     args = ("id", 1.5, 7, None, 0.25, mapping)
     gc.collect(0)  # the drawn tuples as the collector leaves them, before either packs them

@@ -26,13 +26,21 @@ MAX_MESSAGE_BYTES = 512 * 1024
 
 MAX_ROWS_PER_MESSAGE = 2_000
 
+# Where each column of example_schema comes from in an ExampleRow, before the features
+# (entry fields at their own indexes): (in the row's event entry, else in the row; index).
+# Both paths of rows_to_arrow read the columns by it.
+_FIXED_SOURCES = ((True, 0), (True, 1), (False, 2), (False, 3), (False, 4), (True, 3), (True, 4), (False, 5),
+                  (True, 2))
+_KINDS = {pa.float64(): 0, pa.int64(): 1, pa.int32(): 2, pa.bool_(): 3, pa.string(): 4}  # example_columns' codes
+
 
 def rows_to_arrow(rows: Sequence[ExampleRow], schema: RecordSchema) -> pa.RecordBatch:
     """One record batch with the columns of :func:`~ct_stream.records.example_schema`.
 
     The common case, every entry holding its values in the same feature-name order, is
-    one native pass over the rows or two transpositions; any other row (an event that kept its own features dict, rows
-    of joiners with other name orders) takes the per-row path.
+    one native pass over the rows or two transpositions; any other row (an event that
+    kept its own features dict, rows of joiners with other name orders) takes the
+    per-row path.
     """
     target = example_schema(schema)
     names = list(schema.features)
@@ -40,13 +48,14 @@ def rows_to_arrow(rows: Sequence[ExampleRow], schema: RecordSchema) -> pa.Record
         return pa.RecordBatch.from_arrays([pa.array([], type=f.type) for f in target], schema=target)
     width = 5 + len(names)
     first = rows[0][1]
-    if _native is not None and first is not None and len(first) == len(names) and set(first) == set(names):
+    same_names = first is not None and len(first) == len(names) and set(first) == set(names)
+    if same_names and _native is not None:
         batch = _native_batch(rows, first, width, target)
         if batch is not None:
             return batch
-    entries, row_names, label_ts, labels, outcomes, partitions = zip(*rows)
-    if first is not None and len(first) == len(names) and set(first) == set(names) \
-            and row_names.count(first) == len(rows) and set(map(len, entries)) == {width} \
+    row_cols: list[Any] = list(zip(*rows))
+    entries, row_names = row_cols[0], row_cols[1]
+    if same_names and row_names.count(first) == len(rows) and set(map(len, entries)) == {width} \
             and (width != 7 or not any(e[5] is _OWN_NAMES for e in entries)):
         index = {n: k for k, n in enumerate(first)}
         cols: list[Any] = list(zip(*entries))
@@ -55,15 +64,8 @@ def rows_to_arrow(rows: Sequence[ExampleRow], schema: RecordSchema) -> pa.Record
         dicts = [Example.from_row(r).features for r in rows]
         cols = [[e[k] for e in entries] for k in range(5)]
         features = [[f[n] for f in dicts] for n in names]
-    columns = [cols[0], cols[1], label_ts, labels, outcomes, cols[3], cols[4], partitions, cols[2], *features]
+    columns = [(cols if in_entry else row_cols)[k] for in_entry, k in _FIXED_SOURCES] + features
     return pa.RecordBatch.from_arrays([pa.array(c, type=f.type) for c, f in zip(columns, target)], schema=target)
-
-
-# Where each column of example_schema comes from in an ExampleRow (row or its event
-# entry, and the index), before the features (entry fields at their own indexes).
-_FIXED_SOURCES = ((True, 0), (True, 1), (False, 2), (False, 3), (False, 4), (True, 3), (True, 4), (False, 5),
-                  (True, 2))
-_KINDS = {pa.float64(): 0, pa.int64(): 1, pa.int32(): 2, pa.bool_(): 3, pa.string(): 4}  # example_columns' codes
 
 
 def _native_batch(rows: Sequence[ExampleRow], names: tuple[str, ...], width: int,

@@ -154,12 +154,12 @@ def _event_codec(names: tuple[str, ...]) -> tuple[Callable[..., tuple[Any, ...]]
     native data path, ``pack`` is ``ct_stream._native.event_entry``, which gives the same
     tuple and leaves it out of the cyclic garbage collector when its values are atomic
     (as CPython's collector does to such a tuple at its first collection)."""
-    got = "".join(f"f[{n!r}], " for n in names)
     put = ", ".join(f"{n!r}: e[{5 + k}]" for k, n in enumerate(names))
-    pack = eval(f"lambda i, ts, offset, sv, pred, f: (i, ts, offset, sv, pred, {got})")  # noqa: S307
     unpack = eval(f"lambda e: {{{put}}}")  # noqa: S307
     if _native is not None:  # the same entries, made natively and kept out of the cyclic collector
-        pack = functools.partial(_native.event_entry, names)
+        return functools.partial(_native.event_entry, names), unpack
+    got = "".join(f"f[{n!r}], " for n in names)
+    pack = eval(f"lambda i, ts, offset, sv, pred, f: (i, ts, offset, sv, pred, {got})")  # noqa: S307
     return pack, unpack
 
 

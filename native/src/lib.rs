@@ -7,6 +7,10 @@
 //!   to Python), which the caller then decodes in Python.
 //! - `encode_changes` and `encode_snapshot` (changes.rs): the joiner's change log and
 //!   snapshot, encoded as JSON pairs straight from its state.
+//! - `example_columns` (columns.rs): the examples' Arrow column buffers, read straight
+//!   from the joiner's rows.
+//! - `event_entry` (entry.rs): the joiner's pending-event entry, left out of the cyclic
+//!   garbage collector when its values are atomic.
 //! - `lr_learn` (sgd.rs): the default model's `learn_batch`, River's steps row by row.
 //!
 //! Each has its Python reference, and property tests compare the two (tests/test_native.py,
