@@ -1,6 +1,7 @@
 """Freshness: from a label's production until a serving node answers with a version that learned it.
 
-    python loadtest/freshness.py [--rate 50000] [--seconds 30] [--online-every 1s] [--bootstrap HOST:PORT]
+    python loadtest/freshness.py [--rate 50000] [--seconds 30] [--online-every 1s] [--linger-ms 50]
+                                 [--roles all|split] [--bootstrap HOST:PORT]
 
 On the embedded broker (or --bootstrap), three processes share the machine's cores:
 
@@ -17,6 +18,17 @@ On the embedded broker (or --bootstrap), three processes share the machine's cor
 3. a serving node in this process: a :class:`~ct_stream.serving.ModelSubscriber`, and a
    thread that waits for each newly loaded version and records when ``predict`` first
    answers with it.
+
+The producer of step 1 is the application's: it batches for ``--linger-ms`` (default
+50 ms; ct-stream's own producers use librdkafka's 5 ms). On the embedded broker this
+matters beyond the producer: Tansu's cost per fetch grows with the number of record
+batches stored in the partition, so events and labels produced in 5 ms batches make
+the broker's CPU climb through the run (measured here at 50k events/s: from 25% to 66%
+of a core over 60 s, against 6% to 22% with 50 ms batches) and take the second core
+from the joiner, which then falls behind after 30-45 s (docs/brokers.md). The linger is
+part of the measured freshness: a label's time starts at its ``produce()`` call.
+Every 5 s the run samples the CPU time of the broker (embedded only), the loop
+processes and itself, and prints it at the end.
 
 Afterwards the examples topic is read back: each joined example's message offset, with
 each published version's lineage (the examples offsets it learned up to), gives the
@@ -55,6 +67,47 @@ from ct_stream.topology import load_topology  # noqa: E402
 
 N_FEATURES = 10
 PERIOD = 20.0  # seconds for the true weight vector to turn a full circle
+
+
+class CpuSampler:
+    """CPU time of some processes every ``every`` seconds, from ``/proc`` (Linux), in a
+    thread: :attr:`shares` holds, per name, the percent of one core each used in each
+    interval. A process that is gone (or no ``/proc``) just stops being sampled."""
+
+    def __init__(self, pids: dict[str, int], every: float = 5.0) -> None:
+        self.pids, self.every = pids, every
+        self.shares: dict[str, list[float]] = {name: [] for name in pids}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cpu-sampler", daemon=True)
+
+    @staticmethod
+    def _cpu_seconds(pid: int) -> float | None:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(self.every + 1)
+
+    def _run(self) -> None:
+        last = {name: self._cpu_seconds(pid) for name, pid in self.pids.items()}
+        at = time.monotonic()
+        while not self._stop.wait(self.every):
+            now = time.monotonic()
+            for name, pid in self.pids.items():
+                used, before = self._cpu_seconds(pid), last[name]
+                if used is not None and before is not None:
+                    self.shares[name].append(100.0 * (used - before) / (now - at))
+                last[name] = used
+            at = now
 
 
 def topology_source(name: str, data_dir: str, online_every: str, commit_interval: str = "250ms") -> str:
@@ -105,8 +158,12 @@ def main() -> int:
                     help="all: one `ct-stream run --role all` process (default); split: a joiner process and a "
                          "trainer process")
     ap.add_argument("--commit-interval", default="250ms", help="join.commit_interval of the topology (default 250ms)")
+    ap.add_argument("--linger-ms", type=int, default=50,
+                    help="linger.ms of the producer of events and labels (default 50; see above)")
     ap.add_argument("--bootstrap", default=None)
     args = ap.parse_args()
+    if args.linger_ms < 0:
+        ap.error(f"--linger-ms must be >= 0, got {args.linger_ms}")
     name = f"fresh-{uuid.uuid4().hex[:6]}"
     work = Path(tempfile.mkdtemp(prefix="ct-fresh-"))
     topo_path = work / "topology.py"
@@ -148,7 +205,12 @@ def main() -> int:
     server.start()
     produced_at: dict[str, float] = {}
     tracker = DeliveryTracker()
-    producer = make_producer(bootstrap, on_delivery=tracker)
+    producer = make_producer(bootstrap, {"linger.ms": args.linger_ms}, on_delivery=tracker)
+    watched = {"this process (producer, serving node)": os.getpid(), **{f"{role} process": loop.pid
+                                                                         for role, loop in zip(roles, loops)}}
+    if broker is not None and broker.pid is not None:
+        watched["broker"] = broker.pid
+    cpu = CpuSampler(watched)
     # encoded before the clock starts, so producing costs this process little CPU (event
     # time is the schedule's offset from a fixed epoch; the join runs on event time)
     epoch = 1_700_000_000.0
@@ -165,6 +227,7 @@ def main() -> int:
     try:
         time.sleep(3.0)  # the loop subprocess joins its group (wall-clock start-up, not measured)
         start = time.time()
+        cpu.start()
         labels_topic = topology.labels_topic
         for k, (due, topic, i, value) in enumerate(encoded):
             now = time.time() - start
@@ -189,6 +252,7 @@ def main() -> int:
             time.sleep(0.5)
     finally:
         stop.set()
+        cpu.stop()
         for loop in loops:
             loop.send_signal(signal.SIGTERM)
         for loop in loops:
@@ -251,6 +315,9 @@ def main() -> int:
             j50, j99 = np.percentile(jt[sel], [50, 99])
             print(f"  labels produced {lo:3d}-{lo + 5:3d} s into the run: {part.size:8,}  p50 {q50:5.2f} s  "
                   f"p99 {q99:5.2f} s   (joined and written: p50 {j50:5.2f} s  p99 {j99:5.2f} s)")
+    print(f"  CPU, % of one core in each 5 s from the start of producing (producer linger.ms {args.linger_ms}):")
+    for who, shares in cpu.shares.items():
+        print(f"    {who:38s} " + " ".join(f"{x:3.0f}" for x in shares))
     first = min(answered.values())
     print("  versions answered at (s into the run): " + " ".join(f"{answered[v] - start:.1f}" for v in versions)
           if first else "")
