@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import os
 import statistics
 import sys
 import time
@@ -31,15 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ct_stream.kafka.broker import EmbeddedBroker  # noqa: E402
 from ct_stream.kafka.clients import (TopicPartition, TopicSpec, ensure_topics, make_consumer,  # noqa: E402
                                     make_producer, produce_retrying)
+from freshness import CpuSampler  # noqa: E402  (this folder: the script's own)
 
 PARTITIONS = 3
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid``, from ``/proc`` (Linux)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def tail(bootstrap: str, topic: str, target: mp.sharedctypes.Synchronized,
@@ -69,9 +62,9 @@ def run(bootstrap: str, broker_pid: int, linger: int, rate: int, seconds: float)
     reader.start()
     producer = make_producer(bootstrap, {"linger.ms": linger})
     value, step = b"x" * 300, 500
-    shares: list[float] = []
-    start = last_at = time.monotonic()
-    last_cpu = cpu_seconds(broker_pid)
+    cpu = CpuSampler({"broker": broker_pid})
+    cpu.start()
+    start = time.monotonic()
     k = 0
     while (now := time.monotonic()) - start < seconds:
         due = start + k / rate
@@ -81,10 +74,8 @@ def run(bootstrap: str, broker_pid: int, linger: int, rate: int, seconds: float)
             produce_retrying(producer, topic, value, str(k + j).encode())
         k += step
         producer.poll(0)
-        if time.monotonic() - last_at >= 5.0:
-            used, at = cpu_seconds(broker_pid), time.monotonic()
-            shares.append(100.0 * (used - last_cpu) / (at - last_at))
-            last_cpu, last_at = used, at
+    cpu.stop()
+    shares = cpu.shares["broker"]
     left = producer.flush(60)
     target.value = k
     reader.join(90)

@@ -24,8 +24,8 @@ The producer of step 1 is the application's: it batches for ``--linger-ms`` (def
 matters beyond the producer: Tansu's cost per fetch grows with the number of record
 batches stored in the partition, so events and labels produced in 5 ms batches make
 the broker's CPU climb through the run (measured here at 50k events/s: from 25% to 66%
-of a core over 60 s, against 6% to 22% with 50 ms batches) and take the second core
-from the joiner, which then falls behind after 30-45 s (docs/brokers.md). The linger is
+of a core over 60 s, against 13-25% with 50 ms batches) and take the second core from
+the joiner, which then falls behind (docs/brokers.md, docs/performance.md). The linger is
 part of the measured freshness: a label's time starts at its ``produce()`` call.
 Every 5 s the run samples the CPU time of the broker (embedded only), the loop
 processes and itself, and prints it at the end.
