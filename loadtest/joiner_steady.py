@@ -1,6 +1,6 @@
 """Where one partition's joiner spends its time, second by second, as its state fills up.
 
-    python loadtest/joiner_steady.py [--rate 16667] [--seconds 24] [--commit-every 0.25]
+    python loadtest/joiner_steady.py [--rate 16667] [--seconds 24] [--commit-every 0.25] [--joiner both]
 
 Pure: no broker. Synthetic events (10 float features) at ``--rate`` events/s of event
 time for one partition (16,667 is a third of the freshness benchmark's 50k/s), 70%
@@ -12,6 +12,12 @@ snapshot when one is due). Prints microseconds per input record for each stage, 
 second of event time, and the state size: the cost per record rises until the done
 memory reaches its horizon (``2 * max_label_delay + grace``) and the first snapshot
 comes, which is when the freshness benchmark's joiner falls behind at 50k events/s.
+
+``--joiner both`` (the default with the native data path) replays the same records
+through ``PartitionJoiner`` (the Python state, the reference) and then
+``NativePartitionJoiner`` (the state in Rust) and ends with each stage's mean over the
+steady state (from the done memory's horizon on) and the ratio native / reference,
+measured in the same run.
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ct_stream.join.arrow import example_messages  # noqa: E402
 from ct_stream.join.changelog import ChangelogWriter  # noqa: E402
-from ct_stream.join.joiner import Input, PartitionJoiner  # noqa: E402
+from ct_stream.join.joiner import Input, NativePartitionJoiner, PartitionJoiner  # noqa: E402
+from ct_stream.native import module as native  # noqa: E402
 from ct_stream.records import decode_events, decode_labels  # noqa: E402
 from ct_stream.runtime import tune_gc  # noqa: E402
 from ct_stream.synthetic import generate  # noqa: E402
@@ -38,7 +45,12 @@ def main() -> int:
     ap.add_argument("--rate", type=int, default=16_667, help="events per second of event time (default 16667)")
     ap.add_argument("--seconds", type=int, default=24, help="seconds of event time (default 24)")
     ap.add_argument("--commit-every", type=float, default=0.25, help="micro-batch, s of event time (default 0.25)")
+    ap.add_argument("--joiner", choices=("both", "native", "reference"), default="both" if native else "reference",
+                    help="which partition joiner: the state in Rust, the Python reference, or both in turn "
+                         "(default: both with the native data path)")
     args = ap.parse_args()
+    if args.joiner != "reference" and native is None:
+        ap.error("--joiner native needs ct_stream._native (built with cargo: docs/native.md)")
     tune_gc()  # as `ct-stream run` does
     t = Topology(name="steady", events_topic="steady.events", labels_topic="steady.labels",
                  features={f"f{i}": "float" for i in range(10)}, label_type="binary", partitions=1,
@@ -46,8 +58,35 @@ def main() -> int:
     data = generate(t, args.rate * args.seconds, seed=3, events_per_second=args.rate, label_fraction=0.7,
                     max_delay=2.0)
     records = list(data.in_time_order())
+    stages = ("decode", "inputs", "join", "arrow", "drain", "changelog", "snapshot")
+    classes = {"reference": [PartitionJoiner], "native": [NativePartitionJoiner],
+               "both": [PartitionJoiner, NativePartitionJoiner]}[args.joiner]
+    steady_from = int(2 * 3.0 + 0.5) + 1  # the first whole second past the done memory's horizon
+    means = {}
+    for cls in classes:
+        print(f"{cls.__name__}: us per input record, by second of event time:")
+        per_second, counts = replay(cls, t, records, args)
+        print("  s   " + "".join(f"{s:>10}" for s in ("total",) + stages))
+        for second in sorted(per_second):
+            c, n = per_second[second], counts[second]
+            print(f"{second:3d}   {sum(c.values()) * 1e6 / n:10.2f}" + "".join(f"{c[s] * 1e6 / n:10.2f}" for s in stages))
+        n = sum(counts[s] for s in per_second if s >= steady_from)
+        means[cls] = {s: sum(per_second[x][s] for x in per_second if x >= steady_from) * 1e6 / max(n, 1)
+                      for s in stages}
+        means[cls]["total"] = sum(means[cls].values())
+    if len(classes) == 2:
+        ref, nat = (means[c] for c in classes)
+        print(f"steady state (second {steady_from} on), us per record: reference / native / ratio")
+        for s in ("total",) + stages:
+            ratio = f"{nat[s] / ref[s]:.2f}" if ref[s] else "-"
+            print(f"  {s:>10} {ref[s]:8.2f} {nat[s]:8.2f} {ratio:>6}")
+    return 0
+
+
+def replay(cls: type, t: Topology, records: list, args: argparse.Namespace) -> tuple[dict[int, Counter[str]], Counter[int]]:
+    """Replay ``records`` through a ``cls`` joiner as the worker does; seconds per stage, per second of event time."""
     schema = t.record_schema
-    joiner, writer = PartitionJoiner(0, t.join), ChangelogWriter(0)
+    joiner, writer = cls(0, t.join), ChangelogWriter(0)
     per_second: dict[int, Counter[str]] = defaultdict(Counter)
     counts: Counter[int] = Counter()
     step = max(1, int(args.rate * 1.7 * args.commit_every))  # events and labels per micro-batch
@@ -79,14 +118,8 @@ def main() -> int:
         c["drain"] += t5 - t4
         c["snapshot" if snapshot else "changelog"] += t6 - t5
         counts[second] += len(chunk)
-    print("us per input record, by second of event time:")
-    stages = ("decode", "inputs", "join", "arrow", "drain", "changelog", "snapshot")
-    print("  s   " + "".join(f"{s:>10}" for s in ("total",) + stages))
-    for second in sorted(per_second):
-        c, n = per_second[second], counts[second]
-        print(f"{second:3d}   {sum(c.values()) * 1e6 / n:10.2f}" + "".join(f"{c[s] * 1e6 / n:10.2f}" for s in stages))
     print(f"state at the end: {joiner.pending:,} pending, {joiner.remembered:,} remembered")
-    return 0
+    return per_second, counts
 
 
 if __name__ == "__main__":

@@ -769,3 +769,100 @@ def test_fast_path_is_taken_for_the_common_case() -> None:
     assert calls == ["event"]
     out = j.process([E("b", 101.0, 1), L("b", 102.0, 0), L("a", 103.0, 1)])
     assert calls == ["event"] and [x.outcome for x in out.examples] == ["joined", "joined"]
+
+
+# ------------------------------------------------- the native state against the reference
+
+native_only = pytest.mark.skipif(joiner_module._native is None, reason="needs ct_stream._native (cargo)")
+
+
+def drive(j: Any, ops: list[Any]) -> tuple[JoinOutput, list[Any]]:
+    """Run ``ops`` (batches, drains, snapshots, capacity expiries, idle ticks, early
+    forgetting) on ``j``, then flush; what it gave and every view of its state."""
+    out, seen = JoinOutput(), []
+    for op in ops:
+        if op == "snapshot":
+            seen.append(j.snapshot())
+        elif op == "encoded":
+            seen.append(sorted(map(orjson.loads, j.snapshot_encoded())))
+        elif op == "capacity":
+            out.extend(j.expire_oldest(1))
+            seen.append(j.oldest_deadline())
+        elif op == "forget":
+            seen.append((j.oldest_memory(), j.forget_oldest()))
+        else:
+            seen.append(apply_op(j, op, out))
+        seen.append((j.watermark, j.max_ts, j.pending_events, j.pending_labels, j.remembered))
+    out.extend(j.tick(now=1e6))
+    seen += [j.drain_changes(), j.snapshot(), dict(j.counts), j.drain_label_delays(),
+             (j.watermark, j.pending_events, j.pending_labels, j.remembered)]
+    return out, seen
+
+
+def assert_same_outputs(a: JoinOutput, b: JoinOutput) -> None:
+    assert a.examples == b.examples
+    assert [r[:2] + r[2:] for r in a.rows] == [r[:2] + r[2:] for r in b.rows]  # rows themselves, names included
+    assert a.dead_letters == b.dead_letters
+    assert [(d.detail, d.record, d.source) for d in a.dead_letters] == \
+        [(d.detail, d.record, d.source) for d in b.dead_letters]
+
+
+@native_only
+@PROPERTY
+@given(messy_inputs(), st.sampled_from(["negative", "drop", "dlq"]), st.data())
+def test_native_state_gives_what_the_reference_gives(inputs: list[Input], policy: str, data: st.DataObject) -> None:
+    """:class:`NativePartitionJoiner` (the state in Rust) against :class:`PartitionJoiner`
+    on the same inputs: the same rows, dead letters (with their details), changes,
+    snapshots (decoded and encoded), counters and state after every step."""
+    batches = split(inputs, data.draw(st.lists(st.integers(0, 10_000), min_size=1, max_size=8), label="cuts"))
+    ops = [op for batch in batches
+           for op in (batch, data.draw(st.sampled_from(["", "drain", "snapshot", "encoded", "capacity", "forget",
+                                                        6.0, 30.0]), label="op"))]
+    ref = drive(PartitionJoiner(0, spec(policy), clock=FakeClock()), ops)
+    got = drive(joiner_module.NativePartitionJoiner(0, spec(policy), clock=FakeClock()), ops)
+    assert_same_outputs(got[0], ref[0])
+    assert got[1] == ref[1]
+
+
+@native_only
+@PROPERTY
+@given(scenarios(reuse=True), st.data())
+def test_native_and_reference_restore_each_others_changelog(sc: dict[str, Any], data: st.DataObject) -> None:
+    """The change log is one format: a native joiner restored from a reference joiner's
+    drains (and the other way round) continues exactly as the original."""
+    inputs = arrange(sc["records"], sc["noises"][0])
+    batches = split(inputs, data.draw(st.lists(st.integers(0, 10_000), min_size=1, max_size=12), label="cuts"))
+    ops: list[Any] = []
+    for batch in batches:
+        ops += [batch, data.draw(st.sampled_from(["", "drain", 2.0, 6.0, 9.0]), label="op")]
+    at = data.draw(st.integers(0, len(ops)), label="restore point")
+    native_first = data.draw(st.booleans(), label="the original is native")
+    classes = [joiner_module.NativePartitionJoiner, PartitionJoiner]
+    original_cls, restored_cls = classes if native_first else classes[::-1]
+    policy = sc["policy"]
+    original = original_cls(0, spec(policy), clock=FakeClock())
+    changelog: list[tuple[str, Any]] = []
+    for op in ops[:at]:
+        changes = apply_op(original, op, JoinOutput())
+        if changes is not None:
+            changelog.extend(json_rt(changes).items())
+    changelog.extend(json_rt(original.drain_changes()).items())
+    restored = restored_cls.restore(0, spec(policy), changelog, clock=FakeClock())
+    assert_continues_identically(original, restored, ops[at:])
+
+
+@native_only
+def test_native_encoded_drain_decodes_to_the_reference_drain() -> None:
+    """``drain_encoded`` of the native state is the reference's ``drain_changes``, pair by pair."""
+    inputs = [E("a", 100.0, 0), E("b", 100.5, 1), L("a", 101.0, 0), L("z", 101.5, 1), E("c", 115.0, 2)]
+    ref, nat = joiner(), joiner_module.NativePartitionJoiner(0, spec(), clock=FakeClock())
+    for j in (ref, nat):
+        j.process(inputs)
+    pairs = nat.drain_encoded()
+    assert isinstance(pairs, list) and dict(map(orjson.loads, pairs)) == json_rt(ref.drain_changes())
+    assert nat.drain_encoded() == [] and ref.drain_changes() == {}
+
+
+def test_the_runtime_uses_the_native_state_when_it_is_built() -> None:
+    cls = joiner_module.partition_joiner_class()
+    assert cls is (PartitionJoiner if joiner_module._native is None else joiner_module.NativePartitionJoiner)

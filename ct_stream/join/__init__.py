@@ -13,7 +13,9 @@ from ct_stream.join.joiner import (
     Input,
     JoinerGroup,
     JoinOutput,
+    NativePartitionJoiner,
     PartitionJoiner,
+    partition_joiner_class,
 )
 
 __all__ = [
@@ -25,5 +27,7 @@ __all__ = [
     "Input",
     "JoinerGroup",
     "JoinOutput",
+    "NativePartitionJoiner",
     "PartitionJoiner",
+    "partition_joiner_class",
 ]

@@ -115,6 +115,8 @@ __all__ = [
     "JoinOutput",
     "PartitionJoiner",
     "JoinerGroup",
+    "NativePartitionJoiner",
+    "partition_joiner_class",
     "COUNTER_KEYS",
     "META_KEY",
 ]
@@ -1019,9 +1021,8 @@ class PartitionJoiner:
                 seq += 1
         snap: dict[str, Any] = {}
         rank = 0
-        # every live pending entry once, in (deadline, arrival) order: the unconsumed front,
-        # then the wheel buckets (each in arrival order; equal deadlines share a bucket)
-        for bucket in [self._front[self._front_pos:]] + [self._wheel[k] for k in sorted(self._wheel)]:
+        # every live pending entry once, in (deadline, arrival) order
+        for bucket in [self._by_deadline()]:
             for e in bucket:
                 i = e[0]
                 key = "\x00" + i if i[:1] == "\x00" else i
@@ -1049,12 +1050,22 @@ class PartitionJoiner:
         :meth:`drain_encoded` is (or :meth:`snapshot` itself); the same pairs either way."""
         pairs = None
         if _native is not None:
-            pairs = _native.encode_snapshot(self._front, self._front_pos, self._wheel, self._log, self._log_seq,
+            pairs = _native.encode_snapshot(self._by_deadline(), 0, {}, self._log, self._log_seq,
                                             self._events, self._labels, self._done, _OWN_NAMES, _JOINED)
         if pairs is None:  # the reference
             return self.snapshot()
         pairs.append(orjson.dumps((META_KEY, self._meta_value())))
         return pairs  # type: ignore[no-any-return]
+
+    def _by_deadline(self) -> list[tuple[Any, ...]]:
+        """The wheel's entries (stale ones too) in (deadline, arrival) order: the
+        unconsumed front (sorted), then the wheel buckets by key, each in arrival order,
+        stably sorted by deadline (equal deadlines share a bucket, in arrival order)."""
+        delay = self._delay
+        entries = self._front[self._front_pos:]
+        for k in sorted(self._wheel):
+            entries += sorted(self._wheel[k], key=lambda x: x[1] + delay)
+        return entries
 
     def _meta_value(self) -> dict[str, Any]:
         """The :data:`META_KEY` value: watermark state, sequence counter, feature names."""
@@ -1068,75 +1079,338 @@ class PartitionJoiner:
         :meth:`snapshot` return them (decoded JSON; the latest value per key wins,
         ``None`` deletes). Raises :class:`~ct_stream.errors.CodecError` for a value of the
         wrong shape."""
-        latest: dict[str, Any] = {}
-        for key, value in entries:
-            latest[key] = value
         j = cls(partition, spec, clock=clock)
-        pending: list[tuple[int, str, tuple[Any, ...]]] = []  # (seq, kind, entry)
-        seq_counter = 0
-        names: tuple[str, ...] | None = None
-        meta = latest.get(META_KEY)
-        try:
-            if meta is not None and meta.get("names") is not None:
-                names = tuple(meta["names"])
-                if not all(type(n) is str for n in names):
-                    raise ValueError("feature names are strings")
-                j._learn_names(dict.fromkeys(names))
-        except (AttributeError, TypeError, ValueError) as e:
-            raise CodecError(f"joiner state, partition {partition}, key {META_KEY!r}: {e}") from e
-
-        def feats(x: Any) -> dict[str, Any]:
-            if type(x) is dict:
-                return x
-            if (type(x) is list or type(x) is tuple) and names is not None and len(x) == len(names):
-                return dict(zip(names, x))
-            if type(x) is str and names:
-                return dict(zip(names, _feature_values(x, len(names))))
-            raise ValueError(f"features are a dict, a list of {len(names or ())} values in the meta entry's "
-                             f"names, or the base64 text of as many float64 values, got {x!r:.80}")
-
-        for key, v in latest.items():
-            if v is None:
-                continue
-            try:
-                if key == META_KEY:
-                    j._max_ts = _dec_float(v["max_ts"])
-                    j._idle_wm = _dec_float(v["idle_watermark"])
-                    seq_counter = int(v["seq"])
-                    continue
-                i = key[1:] if key.startswith("\x00") else key
-                if type(v) is not list:
-                    raise ValueError(f"an entry is a list, got {type(v).__name__}")
-                tag = v[0]
-                if tag == "d" and v[1] in _DONE_STATES:
-                    state, event_ts = v[1], float(v[2])
-                    if state == _EXPIRED:
-                        kept = j._event_entry(i, event_ts, int(v[3]), feats(v[4]), v[5], v[6])
-                        j._remember(i, state, event_ts, kept)
-                    else:
-                        j._remember(i, state, event_ts)
-                    continue
-                seq = int(v[1])
-                if tag == "e":
-                    pending.append((seq, "e", j._event_entry(i, float(v[3]), int(v[2]), feats(v[4]), v[5], v[6])))
-                elif tag == "l":
-                    pending.append((seq, "l", (i, float(v[3]), int(v[2]), v[4])))
-                else:
-                    raise ValueError(f"unknown entry {v[:3]!r}")
-            except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
-                raise CodecError(f"joiner state, partition {partition}, key {key!r}: {e}") from e
-        pending.sort(key=lambda p: p[0])  # arrival order: it breaks deadline ties
-        for _, tag, e in pending:
-            (j._events if tag == "e" else j._labels)[e[0]] = e
-            j._add_pending(e)
-        max_seq = pending[-1][0] if pending else -1
-        j._seq = max(seq_counter, max_seq + 1)
-        j._log = []
-        j._log_seq = j._seq
-        j._wm = max(j._max_ts - j._grace, j._idle_wm)
-        j._forget_past_horizon(j._wm)  # as the original did at this watermark, unlogged
-        j._drained_meta = (j._max_ts, j._idle_wm, j._seq, j._names)
+        _restore_into(j, partition, entries)
         return j
+
+    # restore()'s steps (the same for NativePartitionJoiner) ----------------------------
+    def _restore_pending(self, event: bool, e: tuple[Any, ...]) -> None:
+        (self._events if event else self._labels)[e[0]] = e
+        self._add_pending(e)
+
+    def _restore_meta(self, max_ts: float, idle_wm: float, seq: int) -> None:
+        self._max_ts, self._idle_wm, self._seq = max_ts, idle_wm, seq
+        self._log = []
+        self._log_seq = self._seq
+        self._wm = max(self._max_ts - self._grace, self._idle_wm)
+        self._forget_past_horizon(self._wm)  # as the original did at this watermark, unlogged
+        self._drained_meta = (self._max_ts, self._idle_wm, self._seq, self._names)
+
+
+class NativePartitionJoiner:
+    """:class:`PartitionJoiner` with its state in Rust (``ct_stream._native.JoinState``,
+    docs/native.md): the same rules, outputs, change log, snapshots and restore (the
+    tests run both on the same inputs and compare everything they expose), with one map
+    from id to its pending or done entry and a deadline queue in place of the Python
+    dicts and the wheel. Only with the native data path; :func:`partition_joiner_class`
+    picks it when it is there. Ids are ``str`` (what the decoders give).
+
+    >>> from ct_stream.records import Event, Label
+    >>> from ct_stream.topology import JoinSpec
+    >>> if _native is not None:
+    ...     j = NativePartitionJoiner(0, JoinSpec(max_label_delay=10, grace=2, default_label=False),
+    ...                               clock=lambda: 0.0)
+    ...     out = j.process([Input("event", Event("a", 100.0, {"x": 1.0}), 0),
+    ...                      Input("label", Label("a", 103.0, True), 0)])
+    ...     print([(x.id, x.outcome, x.label) for x in out.examples])
+    ... else:
+    ...     print([('a', 'joined', True)])
+    [('a', 'joined', True)]
+    """
+
+    def __init__(self, partition: int, spec: JoinSpec, *, clock: Callable[[], float] = time.monotonic) -> None:
+        _check_spec(spec)
+        if _native is None:
+            raise CtStreamError("NativePartitionJoiner needs ct_stream._native (built with cargo: docs/native.md)")
+        self.partition = partition
+        self.spec = spec
+        self._clock = clock
+        self._delay = float(spec.max_label_delay)
+        self._grace = float(spec.grace)
+        self._idle_timeout = float(spec.idle_timeout)
+        self._state = _native.JoinState(partition, self._delay, self._grace, spec.timeout_policy,
+                                        spec.default_label, _OWN_NAMES, CtStreamError)
+        self._drained_meta: tuple[float, float, int, tuple[str, ...] | None] = (_NEG_INF, _NEG_INF, 0, None)
+        self._last_arrival = clock()
+
+    # Views -------------------------------------------------------------------------
+    @property
+    def watermark(self) -> float:
+        """The partition's watermark (``-inf`` before the first record)."""
+        return self._state.watermark  # type: ignore[no-any-return]
+
+    @property
+    def max_ts(self) -> float:
+        """The largest ``ts`` accepted on this partition (``-inf`` before the first record)."""
+        return self._state.max_ts  # type: ignore[no-any-return]
+
+    @property
+    def pending_events(self) -> int:
+        """Events waiting for their label."""
+        return self._state.pending_events  # type: ignore[no-any-return]
+
+    @property
+    def pending_labels(self) -> int:
+        """Labels waiting for their event."""
+        return self._state.pending_labels  # type: ignore[no-any-return]
+
+    @property
+    def pending(self) -> int:
+        """Pending events + pending labels (what ``max_pending`` bounds)."""
+        return self._state.pending_events + self._state.pending_labels  # type: ignore[no-any-return]
+
+    @property
+    def remembered(self) -> int:
+        """Ids held in the done memory (see :attr:`PartitionJoiner.remembered`)."""
+        return self._state.remembered  # type: ignore[no-any-return]
+
+    @property
+    def counts(self) -> Counter[str]:
+        """The counters (a new ``Counter`` with every key of :data:`COUNTER_KEYS`)."""
+        return Counter(dict(zip(COUNTER_KEYS, self._state.counts())))
+
+    @property
+    def _names(self) -> tuple[str, ...] | None:
+        return self._state.names  # type: ignore[no-any-return]
+
+    def drain_label_delays(self) -> list[float]:
+        """``label.ts - event.ts`` of every joined example since the last drain."""
+        return self._state.drain_label_delays()  # type: ignore[no-any-return]
+
+    # Processing --------------------------------------------------------------------
+    def process(self, inputs: Sequence[Input]) -> JoinOutput:
+        """Join ``inputs`` (in arrival order) and return what they produced."""
+        if not inputs:
+            return JoinOutput()
+        self._last_arrival = self._clock()
+        return self._output(*self._state.process(inputs))
+
+    def tick(self, now: float | None = None) -> JoinOutput:
+        """Advance the watermark by idle time and expire (:meth:`PartitionJoiner.tick`)."""
+        state = self._state
+        if state.max_ts == _NEG_INF:
+            return JoinOutput()
+        if now is None:
+            now = self._clock()
+        elapsed = now - self._last_arrival
+        if elapsed < self._idle_timeout:
+            return JoinOutput()
+        wm = state.max_ts + elapsed - self._grace
+        if wm > state.watermark:
+            return self._output(*state.advance_idle(wm))
+        return JoinOutput()
+
+    def oldest_deadline(self) -> float | None:
+        """The smallest deadline among pending events and labels, or ``None``."""
+        return self._state.oldest_deadline()  # type: ignore[no-any-return]
+
+    def expire_oldest(self, n: int) -> JoinOutput:
+        """Expire up to ``n`` pending entries early, smallest deadline first (capacity)."""
+        return self._output(*self._state.expire_oldest(n))
+
+    def oldest_memory(self) -> int | None:
+        """The time bucket of the done-memory ids forgotten first (``None`` when empty)."""
+        return self._state.oldest_memory()  # type: ignore[no-any-return]
+
+    def forget_oldest(self) -> int:
+        """Forget the oldest time bucket of the done memory now (see :meth:`PartitionJoiner.forget_oldest`)."""
+        return self._state.forget_oldest()  # type: ignore[no-any-return]
+
+    def _output(self, rows: list[ExampleRow], dead: list[tuple[Any, ...]]) -> JoinOutput:
+        """The :class:`JoinOutput` of the state's rows and dead-letter tuples (see native/src/joinstate.rs)."""
+        out = JoinOutput(rows)
+        if dead:
+            p, letters = self.partition, out.dead_letters
+            why = ("no match within max_label_delay {!r}s".format(self._delay), "max_pending reached: expired early")
+            for d in dead:
+                if d[0] == 0:  # late: (0, input, watermark, max_ts)
+                    kind, rec, offset, source = d[1]
+                    letters.append(DeadLetter(
+                        kind, p, offset, Reason.LATE,
+                        f"{kind} {rec.id!r}: ts {rec.ts!r} is behind the partition watermark {d[2]!r} "
+                        f"(newest ts {d[3]!r}, grace {self._grace!r}s)", rec, source))
+                elif d[0] == 1:  # a label without its event: (1, entry, capacity)
+                    e = d[1]
+                    letters.append(DeadLetter("label", p, e[2], Reason.UNKNOWN_ID,
+                                              f"label {e[0]!r}: no event; {why[d[2]]}", Label(e[0], e[1], e[3])))
+                else:  # an event expired under dlq: (2, entry, capacity)
+                    e = d[1]
+                    letters.append(DeadLetter("event", p, e[2], Reason.EXPIRED,
+                                              f"event {e[0]!r}: no label; {why[d[2]]}",
+                                              Event(e[0], e[1], self._features(e), e[3], e[4])))
+        return out
+
+    def _features(self, e: tuple[Any, ...]) -> dict[str, Any]:
+        if len(e) == 7 and e[5] is _OWN_NAMES:
+            return e[6]  # type: ignore[no-any-return]
+        return dict(zip(self._names or (), e[5:]))
+
+    # Changelog ---------------------------------------------------------------------
+    def drain_changes(self) -> dict[str, Any]:
+        """The state changes since the last drain (:meth:`PartitionJoiner.drain_changes`)."""
+        changes = {_key(i): self._value(raw) for i, raw in self._state.drain_raw()}
+        meta = self._end_drain()
+        if meta is not None:
+            changes[META_KEY] = meta
+        return changes
+
+    def drain_encoded(self) -> dict[str, Any] | list[bytes]:
+        """:meth:`drain_changes` as JSON pairs, encoded from the state in Rust (or
+        :meth:`drain_changes` itself for a value the native encoder does not take)."""
+        pairs = self._state.drain_encoded()
+        if pairs is None:
+            return self.drain_changes()
+        meta = self._end_drain()
+        if meta is not None:
+            pairs.append(orjson.dumps((META_KEY, meta)))
+        return pairs  # type: ignore[no-any-return]
+
+    def snapshot(self) -> dict[str, Any]:
+        """The whole state as changelog entries (:meth:`PartitionJoiner.snapshot`)."""
+        snap = {_key(i): self._value(raw) for i, raw in self._state.snapshot_raw()}
+        snap[META_KEY] = self._meta_value()
+        return snap
+
+    def snapshot_encoded(self) -> dict[str, Any] | list[bytes]:
+        """:meth:`snapshot` as JSON pairs, encoded from the state in Rust."""
+        pairs = self._state.snapshot_encoded()
+        if pairs is None:
+            return self.snapshot()
+        pairs.append(orjson.dumps((META_KEY, self._meta_value())))
+        return pairs  # type: ignore[no-any-return]
+
+    @staticmethod
+    def _value(raw: tuple[Any, ...] | None) -> list[Any] | None:
+        """A changelog value from the state's raw form (see native/src/joinstate.rs)."""
+        if raw is None:
+            return None
+        if raw[0] == "e":
+            e = raw[2]
+            return ["e", raw[1], e[2], e[1], _feature_state(e), e[3], e[4]]
+        if raw[0] == "l":
+            e = raw[2]
+            return ["l", raw[1], e[2], e[1], e[3]]
+        return ["d", _JOINED, raw[2]] if raw[1] == _JOINED else _done_value((raw[1], raw[2], raw[3]))
+
+    def _end_drain(self) -> dict[str, Any] | None:
+        state = self._state
+        meta = (state.max_ts, state.idle_watermark, state.seq, state.names)
+        if meta == self._drained_meta:
+            return None
+        self._drained_meta = meta
+        return self._meta_value()
+
+    def _meta_value(self) -> dict[str, Any]:
+        state = self._state
+        names = state.names
+        return {"max_ts": _enc_float(state.max_ts), "idle_watermark": _enc_float(state.idle_watermark),
+                "seq": state.seq, "names": None if names is None else list(names)}
+
+    @classmethod
+    def restore(cls, partition: int, spec: JoinSpec, entries: Iterable[tuple[str, Any]], *,
+                clock: Callable[[], float] = time.monotonic) -> NativePartitionJoiner:
+        """A joiner rebuilt from changelog entries (:meth:`PartitionJoiner.restore`)."""
+        j = cls(partition, spec, clock=clock)
+        _restore_into(j, partition, entries)
+        return j
+
+    # restore()'s steps
+    def _learn_names(self, features: dict[str, Any]) -> None:
+        self._state.learn_names(features)
+
+    def _event_entry(self, i: str, ts: float, offset: int, features: dict[str, Any],
+                     served_version: int | None, prediction: float | str | None) -> tuple[Any, ...]:
+        return self._state.event_entry(i, ts, offset, features, served_version, prediction)  # type: ignore[no-any-return]
+
+    def _remember(self, i: str, state: str, event_ts: float, kept: tuple[Any, ...] | None = None) -> None:
+        self._state.restore_done(i, state, event_ts, kept)
+
+    def _restore_pending(self, event: bool, e: tuple[Any, ...]) -> None:
+        self._state.restore_pending(event, e)
+
+    def _restore_meta(self, max_ts: float, idle_wm: float, seq: int) -> None:
+        state = self._state
+        state.restore_meta(max_ts, idle_wm, seq)
+        self._drained_meta = (state.max_ts, state.idle_watermark, state.seq, state.names)
+
+
+def _key(i: str) -> str:
+    """The changelog key of id ``i`` (one that starts with ``"\\x00"`` gets another in front)."""
+    return "\x00" + i if i[:1] == "\x00" else i
+
+
+def partition_joiner_class() -> type[PartitionJoiner] | type[NativePartitionJoiner]:
+    """The partition joiner the runtime uses: :class:`NativePartitionJoiner` with the
+    native data path, else :class:`PartitionJoiner` (the same results either way)."""
+    return NativePartitionJoiner if _native is not None else PartitionJoiner
+
+
+def _restore_into(j: PartitionJoiner | NativePartitionJoiner, partition: int,
+                  entries: Iterable[tuple[str, Any]]) -> None:
+    """Load changelog ``entries`` (latest value per key wins) into the fresh joiner ``j``
+    (see :meth:`PartitionJoiner.restore`)."""
+    latest: dict[str, Any] = {}
+    for key, value in entries:
+        latest[key] = value
+    pending: list[tuple[int, bool, tuple[Any, ...]]] = []  # (seq, is an event, entry)
+    seq_counter = 0
+    max_ts = idle_wm = _NEG_INF
+    names: tuple[str, ...] | None = None
+    meta = latest.get(META_KEY)
+    try:
+        if meta is not None and meta.get("names") is not None:
+            names = tuple(meta["names"])
+            if not all(type(n) is str for n in names):
+                raise ValueError("feature names are strings")
+            j._learn_names(dict.fromkeys(names))
+    except (AttributeError, TypeError, ValueError) as e:
+        raise CodecError(f"joiner state, partition {partition}, key {META_KEY!r}: {e}") from e
+
+    def feats(x: Any) -> dict[str, Any]:
+        if type(x) is dict:
+            return x
+        if (type(x) is list or type(x) is tuple) and names is not None and len(x) == len(names):
+            return dict(zip(names, x))
+        if type(x) is str and names:
+            return dict(zip(names, _feature_values(x, len(names))))
+        raise ValueError(f"features are a dict, a list of {len(names or ())} values in the meta entry's "
+                         f"names, or the base64 text of as many float64 values, got {x!r:.80}")
+
+    for key, v in latest.items():
+        if v is None:
+            continue
+        try:
+            if key == META_KEY:
+                max_ts = _dec_float(v["max_ts"])
+                idle_wm = _dec_float(v["idle_watermark"])
+                seq_counter = int(v["seq"])
+                continue
+            i = key[1:] if key.startswith("\x00") else key
+            if type(v) is not list:
+                raise ValueError(f"an entry is a list, got {type(v).__name__}")
+            tag = v[0]
+            if tag == "d" and v[1] in _DONE_STATES:
+                state, event_ts = v[1], float(v[2])
+                if state == _EXPIRED:
+                    kept = j._event_entry(i, event_ts, int(v[3]), feats(v[4]), v[5], v[6])
+                    j._remember(i, state, event_ts, kept)
+                else:
+                    j._remember(i, state, event_ts)
+                continue
+            seq = int(v[1])
+            if tag == "e":
+                pending.append((seq, True, j._event_entry(i, float(v[3]), int(v[2]), feats(v[4]), v[5], v[6])))
+            elif tag == "l":
+                pending.append((seq, False, (i, float(v[3]), int(v[2]), v[4])))
+            else:
+                raise ValueError(f"unknown entry {v[:3]!r}")
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+            raise CodecError(f"joiner state, partition {partition}, key {key!r}: {e}") from e
+    pending.sort(key=lambda p: p[0])  # arrival order: it breaks deadline ties
+    for _, event, e in pending:
+        j._restore_pending(event, e)
+    max_seq = pending[-1][0] if pending else -1
+    j._restore_meta(max_ts, idle_wm, max(seq_counter, max_seq + 1))
 
 
 def _done_value(d: float | tuple[Any, ...]) -> list[Any]:
@@ -1194,16 +1468,16 @@ class JoinerGroup:
         self._clock = clock
         self.max_pending: int = spec.max_pending
         self.max_remembered: int = spec.max_remembered
-        self.partitions: dict[int, PartitionJoiner] = {}
+        self.partitions: dict[int, PartitionJoiner | NativePartitionJoiner] = {}
         self._retired: Counter[str] = Counter(dict.fromkeys(COUNTER_KEYS, 0))
 
-    def add_partition(self, joiner: PartitionJoiner) -> None:
+    def add_partition(self, joiner: PartitionJoiner | NativePartitionJoiner) -> None:
         """Take over ``joiner`` (a fresh or restored partition); its partition must be new here."""
         if joiner.partition in self.partitions:
             raise CtStreamError(f"partition {joiner.partition} is already in this joiner group")
         self.partitions[joiner.partition] = joiner
 
-    def remove_partition(self, p: int) -> PartitionJoiner | None:
+    def remove_partition(self, p: int) -> PartitionJoiner | NativePartitionJoiner | None:
         """Give up partition ``p``; return its joiner (``None`` if it was not here). Its
         counts stay in :attr:`counts`."""
         joiner = self.partitions.pop(p, None)

@@ -29,8 +29,8 @@ from typing import Any, Callable, Literal
 from prometheus_client import CollectorRegistry
 
 from ct_stream.errors import BrokerError, CtStreamError
-from ct_stream.join import Example, JoinerGroup, JoinOutput, PartitionJoiner
-from ct_stream.join.joiner import ExampleRow
+from ct_stream.join import Example, JoinerGroup, JoinOutput, NativePartitionJoiner, PartitionJoiner
+from ct_stream.join.joiner import ExampleRow, partition_joiner_class
 from ct_stream.kafka.clients import TopicSpec, ensure_topics, read_to_end
 from ct_stream.kafka.group import GroupIO, Mode, probe_transaction_isolation
 from ct_stream.metrics import JoinerMetrics
@@ -128,12 +128,12 @@ class JoinerWorker:
                 self._mergers[p] = PartitionMerger(self.t.join.grace, self.t.join.idle_timeout, self.clock)
         self.metrics.child(self.metrics.assigned).set(len(self.group.partitions))
 
-    def _restore(self, partition: int) -> PartitionJoiner:
+    def _restore(self, partition: int) -> PartitionJoiner | NativePartitionJoiner:
         """The partition's joiner from its changelog (and its changelog writer, to go on)."""
         iso = "read_committed" if self.mode == "exactly_once" else "read_uncommitted"
         batches = read_to_end(self.bootstrap, self.t.state_topic, {partition: 0}, self.t.kafka, isolation_level=iso)
         entries, state = read_changelog(partition, ((m.key(), m.value()) for batch in batches for m in batch))
-        joiner = PartitionJoiner.restore(partition, self.t.join, entries, clock=self.clock)
+        joiner = partition_joiner_class().restore(partition, self.t.join, entries, clock=self.clock)
         self._changelogs[partition] = ChangelogWriter(partition, state)
         log.info("partition %d: restored %d state entries (generation %d, %d delta entries)",
                  partition, len(entries), state.generation, state.delta_entries)

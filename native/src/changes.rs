@@ -11,7 +11,7 @@ use std::fmt::Write;
 const MAX_DEPTH: u32 = 8;
 
 /// Append `s` as a JSON string (the escapes orjson writes: `"`, `\`, control characters).
-fn write_str(out: &mut String, s: &str) {
+pub(crate) fn write_str(out: &mut String, s: &str) {
     out.push('"');
     let mut start = 0;
     for (i, b) in s.bytes().enumerate() {
@@ -40,7 +40,7 @@ fn write_str(out: &mut String, s: &str) {
 
 /// Append `v` as JSON; `None` for a value this encoder does not take (the caller then
 /// encodes in Python, which gives the reference answer or error).
-fn write_value(out: &mut String, v: &Bound<'_, PyAny>, depth: u32) -> Option<()> {
+pub(crate) fn write_value(out: &mut String, v: &Bound<'_, PyAny>, depth: u32) -> Option<()> {
     if depth > MAX_DEPTH {
         return None;
     }
@@ -153,7 +153,7 @@ fn write_features(out: &mut String, e: &Bound<'_, PyTuple>, own: &Bound<'_, PyAn
 /// The fields of event entry `e` in a change-log value: `,<the items at before>,features,
 /// served_version,prediction` (`before`: offset and ts for a pending event, the offset
 /// alone for an expired negative).
-fn write_event(out: &mut String, e: &Bound<'_, PyTuple>, before: &[usize], own: &Bound<'_, PyAny>) -> Option<()> {
+pub(crate) fn write_event(out: &mut String, e: &Bound<'_, PyTuple>, before: &[usize], own: &Bound<'_, PyAny>) -> Option<()> {
     write_fields(out, e, before)?;
     write_features(out, e, own)?;
     write_fields(out, e, &[3, 4])
@@ -172,7 +172,7 @@ fn write_seq_number(out: &mut String, created: Option<i64>) {
 
 /// `[key, ` for joiner id `id`: an id that starts with NUL gets another in front, so no
 /// id collides with the meta key (`"\0meta"`).
-fn write_key(out: &mut String, id: &str) {
+pub(crate) fn write_key(out: &mut String, id: &str) {
     out.clear();
     out.push('[');
     if id.starts_with('\0') {
@@ -185,7 +185,7 @@ fn write_key(out: &mut String, id: &str) {
 
 /// The value of pending entry `e`: `["e", seq, offset, ts, features, served_version,
 /// prediction]` for an event, `["l", seq, offset, ts, label]` for a label.
-fn write_pending(out: &mut String, event: bool, seq: Option<i64>, e: &Bound<'_, PyTuple>,
+pub(crate) fn write_pending(out: &mut String, event: bool, seq: Option<i64>, e: &Bound<'_, PyTuple>,
                  own: &Bound<'_, PyAny>) -> Option<()> {
     if event {
         out.push_str("[\"e\"");
@@ -226,7 +226,7 @@ fn id_str<'a>(i: &'a Bound<'_, PyAny>) -> Option<&'a str> {
     i.downcast_exact::<PyString>().ok()?.to_str().ok()
 }
 
-fn finish(py: Python<'_>, out: &Bound<'_, PyList>, buf: &mut String) -> PyResult<()> {
+pub(crate) fn finish(py: Python<'_>, out: &Bound<'_, PyList>, buf: &mut String) -> PyResult<()> {
     buf.push(']');
     out.append(PyBytes::new(py, buf.as_bytes()))
 }

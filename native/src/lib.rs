@@ -11,6 +11,8 @@
 //!   from the joiner's rows.
 //! - `event_entry` (entry.rs): the joiner's pending-event entry, left out of the cyclic
 //!   garbage collector when its values are atomic.
+//! - `JoinState` (joinstate.rs): a partition joiner's state and rules, the engine of
+//!   `ct_stream.join.joiner.NativePartitionJoiner`.
 //! - `lr_learn` (sgd.rs): the default model's `learn_batch`, River's steps row by row.
 //!
 //! Each has its Python reference, and property tests compare the two (tests/test_native.py,
@@ -19,6 +21,7 @@
 mod changes;
 mod columns;
 mod entry;
+mod joinstate;
 mod json;
 mod sgd;
 
@@ -367,6 +370,7 @@ fn batch<'py>(py: Python<'py>, values: &Bound<'py, PyList>,
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Decoder>()?;
+    m.add_class::<joinstate::JoinState>()?;
     m.add_function(wrap_pyfunction!(changes::encode_changes, m)?)?;
     m.add_function(wrap_pyfunction!(changes::encode_snapshot, m)?)?;
     m.add_function(wrap_pyfunction!(sgd::lr_learn, m)?)?;

@@ -1,0 +1,830 @@
+//! The partition joiner's state in Rust: `JoinState`, the engine of
+//! `ct_stream.join.joiner.NativePartitionJoiner`.
+//!
+//! The rules are those of `PartitionJoiner` (`ct_stream/join/joiner.py`, the reference;
+//! the tests run both on the same inputs and compare outputs, changes, snapshots,
+//! counters and state). What differs is where the state lives: one Rust map from id to
+//! its slot (a pending event, a pending label, or a done entry) in place of three Python
+//! dicts, a deadline queue sorted by (deadline, arrival) in place of the bucket wheel,
+//! the done memory's time buckets in a B-tree, and the change log as a list of ids. The
+//! payloads stay the Python objects the reference uses: a pending record is its entry
+//! tuple (`(id, ts, offset, served_version, prediction, *feature values)` for an
+//! event, `(id, ts, offset, label)` for a label), so the example rows, the change-log
+//! encoders and the Arrow columns are the same as the reference's.
+//!
+//! Dead letters are returned as small tuples for the Python side to turn into
+//! `DeadLetter` objects: `(0, input, watermark, max_ts)` for a late input,
+//! `(1, label entry, capacity)` for a label whose event never came,
+//! `(2, event entry, capacity)` for an event expired under the `dlq` policy.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use pyo3::exceptions::{PyKeyError, PyValueError};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyFloat, PyList, PyString, PyTuple};
+
+use crate::changes::{finish, write_event, write_key, write_pending, write_str};
+use crate::entry::event_entry;
+
+const JOINED: u8 = 0;
+const EXPIRED: u8 = 1;
+const CORRECTED: u8 = 2;
+const DROPPED: u8 = 3;
+const DEAD_LETTERED: u8 = 4;
+/// The done states' names, by code (`ct_stream/join/joiner.py`'s `_JOINED` ...).
+const STATE_NAMES: [&str; 5] = ["joined", "expired", "corrected", "dropped", "dlq"];
+
+// Indexes of the counters, in the order of `ct_stream.join.joiner.COUNTER_KEYS`.
+const C_EVENTS: usize = 0;
+const C_LABELS: usize = 1;
+const C_JOINED: usize = 2;
+const C_EXPIRED: usize = 3;
+const C_DROPPED: usize = 4;
+const C_DLQ: usize = 5;
+const C_CORRECTIONS: usize = 6;
+const C_DUP_EVENTS: usize = 7;
+const C_DUP_LABELS: usize = 8;
+const C_LATE: usize = 9;
+const C_UNKNOWN: usize = 10;
+const C_CAPACITY: usize = 11;
+const C_FORGOTTEN: usize = 12;
+const N_COUNTERS: usize = 13;
+
+const NEGATIVE: u8 = 0;
+const DROP: u8 = 1;
+const DLQ: u8 = 2;
+
+enum Slot {
+    Event { seq: u64, ts: f64, entry: Py<PyTuple> },
+    Label { seq: u64, ts: f64, entry: Py<PyTuple> },
+    Done { state: u8, ts: f64, kept: Option<Py<PyTuple>> },
+}
+
+/// A pending entry's place in the deadline queue; stale once its id's slot is no longer
+/// the pending entry with this `seq` (joined since).
+struct Due {
+    deadline: f64,
+    seq: u64,
+    id: Arc<str>,
+}
+
+/// Python's float floor division (`float.__floordiv__`), so the done memory's time
+/// buckets are the reference's to the last bit.
+fn py_floordiv(vx: f64, wx: f64) -> f64 {
+    let mut m = vx % wx; // fmod
+    let mut div = (vx - m) / wx;
+    if m != 0.0 && ((wx < 0.0) != (m < 0.0)) {
+        m += wx;
+        div -= 1.0;
+    }
+    let _ = m;
+    if div != 0.0 {
+        let mut fl = div.floor();
+        if div - fl > 0.5 {
+            fl += 1.0;
+        }
+        fl
+    } else {
+        0.0_f64.copysign(vx / wx)
+    }
+}
+
+fn write_f64(out: &mut String, x: f64) -> Option<()> {
+    if !x.is_finite() {
+        return None; // left to the Python encoder (the reference's answer)
+    }
+    out.push_str(ryu::Buffer::new().format_finite(x));
+    Some(())
+}
+
+fn live(map: &HashMap<Arc<str>, Slot>, d: &Due) -> bool {
+    matches!(map.get(&d.id), Some(Slot::Event { seq, .. } | Slot::Label { seq, .. }) if *seq == d.seq)
+}
+
+/// One partition's join state (see the module docs and `PartitionJoiner`).
+#[pyclass(module = "ct_stream._native")]
+pub struct JoinState {
+    partition: Py<PyAny>,
+    delay: f64,
+    grace: f64,
+    horizon: f64,
+    width: f64,
+    policy: u8,
+    default_label: Py<PyAny>,
+    own: Py<PyAny>,
+    error: Py<PyAny>,
+    names: Option<Py<PyTuple>>,
+    max_ts: f64,
+    idle_wm: f64,
+    wm: f64,
+    seq: u64,
+    log_seq: u64,
+    map: HashMap<Arc<str>, Slot>,
+    n_events: usize,
+    n_labels: usize,
+    n_done: usize,
+    queue: VecDeque<Due>,
+    stale: usize,
+    buckets: BTreeMap<i64, Vec<Arc<str>>>,
+    log: Vec<Arc<str>>,
+    delays: Vec<f64>,
+    counts: [u64; N_COUNTERS],
+}
+
+impl JoinState {
+    fn bucket_key(&self, event_ts: f64) -> i64 {
+        py_floordiv(event_ts + self.horizon, self.width) as i64
+    }
+
+    fn bucket(&mut self, id: Arc<str>, k: i64) {
+        self.buckets.entry(k).or_default().push(id);
+    }
+
+    /// Put `id` in the done memory (its slot is free) and in its time bucket.
+    fn remember(&mut self, id: Arc<str>, state: u8, ts: f64, kept: Option<Py<PyTuple>>) {
+        let k = self.bucket_key(ts);
+        self.map.insert(id.clone(), Slot::Done { state, ts, kept });
+        self.n_done += 1;
+        self.bucket(id, k);
+    }
+
+    fn schedule(&mut self, d: Due) {
+        match self.queue.back() {
+            Some(b) if b.deadline > d.deadline => {
+                let pos = self.queue.partition_point(|x| x.deadline <= d.deadline);
+                self.queue.insert(pos, d);
+            }
+            _ => self.queue.push_back(d),
+        }
+    }
+
+    /// A new pending entry for `id` (whose slot is free): the latest arrival.
+    fn add_pending(&mut self, id: Arc<str>, event: bool, ts: f64, entry: Py<PyTuple>) {
+        let seq = self.seq;
+        self.seq += 1;
+        if event {
+            self.map.insert(id.clone(), Slot::Event { seq, ts, entry });
+            self.n_events += 1;
+        } else {
+            self.map.insert(id.clone(), Slot::Label { seq, ts, entry });
+            self.n_labels += 1;
+        }
+        self.log.push(id.clone());
+        self.schedule(Due { deadline: ts + self.delay, seq, id });
+    }
+
+    /// The key for `id`: the one the map holds for it (which is then removed with its
+    /// slot, counted out), or a new one.
+    fn take_key(&mut self, id: &str) -> (Arc<str>, Option<Slot>) {
+        match self.map.remove_entry(id) {
+            Some((k, slot)) => {
+                match slot {
+                    Slot::Event { .. } => self.n_events -= 1,
+                    Slot::Label { .. } => self.n_labels -= 1,
+                    Slot::Done { .. } => self.n_done -= 1,
+                }
+                (k, Some(slot))
+            }
+            None => (Arc::from(id), None),
+        }
+    }
+
+    fn learn_from(&mut self, py: Python<'_>, features: &Bound<'_, PyAny>) -> PyResult<()> {
+        if self.names.is_some() {
+            return Ok(());
+        }
+        let names = PyTuple::new(py, features.try_iter()?.collect::<PyResult<Vec<_>>>()?)?;
+        if names.iter().all(|n| n.is_exact_instance_of::<PyString>()) {
+            self.names = Some(names.unbind());
+        }
+        Ok(())
+    }
+
+    /// The entry of a pending event: packed in the joiner's feature-name order, or with
+    /// its own features dict (`PartitionJoiner._event_entry`).
+    #[allow(clippy::too_many_arguments)]
+    fn make_entry<'py>(&mut self, py: Python<'py>, id: &Bound<'py, PyAny>, ts: &Bound<'py, PyAny>,
+                       offset: &Bound<'py, PyAny>, features: &Bound<'py, PyAny>, sv: &Bound<'py, PyAny>,
+                       pred: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyTuple>> {
+        if self.names.is_none() {
+            self.learn_from(py, features)?;
+        }
+        if let Some(names) = &self.names {
+            let names = names.bind(py);
+            if features.len()? == names.len() {
+                match event_entry(py, names, id, ts, offset, sv, pred, features) {
+                    Ok(e) => return Ok(e),
+                    Err(e) if e.is_instance_of::<PyKeyError>(py) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        PyTuple::new(py, [id, ts, offset, sv, pred, self.own.bind(py), features])
+    }
+
+    fn names_or_none(&self, py: Python<'_>) -> Py<PyAny> {
+        match &self.names {
+            Some(n) => n.clone_ref(py).into_any(),
+            None => py.None(),
+        }
+    }
+
+    fn row<'py>(&self, py: Python<'py>, entry: &Bound<'py, PyAny>, names: Py<PyAny>, label_ts: &Bound<'py, PyAny>,
+                label: &Bound<'py, PyAny>, outcome: &Bound<'py, PyString>) -> PyResult<Bound<'py, PyTuple>> {
+        PyTuple::new(py, [entry, names.bind(py), label_ts, label, outcome.as_any(), self.partition.bind(py)])
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_event<'py>(&mut self, py: Python<'py>, id: &str, id_obj: &Bound<'py, PyAny>, ts: f64,
+                     ts_obj: &Bound<'py, PyAny>, offset: &Bound<'py, PyAny>, rec: &Bound<'py, PyAny>,
+                     forget_wm: f64, rows: &Bound<'py, PyList>) -> PyResult<()> {
+        let horizon = self.horizon;
+        let pending_label = match self.map.get(id) {
+            Some(Slot::Event { .. }) => {
+                self.counts[C_DUP_EVENTS] += 1;
+                return Ok(());
+            }
+            Some(Slot::Done { ts: d, .. }) if *d + horizon >= forget_wm => {
+                self.counts[C_DUP_EVENTS] += 1;
+                return Ok(());
+            }
+            Some(Slot::Label { .. }) => true,
+            _ => false,
+        };
+        let features = rec.getattr(intern!(py, "features"))?;
+        let sv = rec.getattr(intern!(py, "served_version"))?;
+        let pred = rec.getattr(intern!(py, "prediction"))?;
+        let (key, slot) = self.take_key(id);
+        if pending_label {
+            let Some(Slot::Label { entry: pl, ts: lts, .. }) = slot else { unreachable!("a pending label") };
+            let pl = pl.bind(py);
+            let entry = PyTuple::new(py, [id_obj, ts_obj, offset, &sv, &pred, self.own.bind(py), &features])?;
+            let label_ts = pl.get_item(1)?;
+            let row = self.row(py, entry.as_any(), py.None(), &label_ts, &pl.get_item(3)?,
+                               intern!(py, "joined"))?;
+            rows.append(row)?;
+            self.delays.push(lts - ts);
+            self.counts[C_JOINED] += 1;
+            self.stale += 1; // the label's place in the queue
+            self.remember(key.clone(), JOINED, ts, None);
+            self.log.push(key);
+        } else {
+            let entry = self.make_entry(py, id_obj, ts_obj, offset, &features, &sv, &pred)?;
+            self.add_pending(key, true, ts, entry.unbind());
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_label<'py>(&mut self, py: Python<'py>, id: &str, id_obj: &Bound<'py, PyAny>, ts: f64,
+                     ts_obj: &Bound<'py, PyAny>, offset: &Bound<'py, PyAny>, rec: &Bound<'py, PyAny>,
+                     forget_wm: f64, rows: &Bound<'py, PyList>) -> PyResult<()> {
+        let horizon = self.horizon;
+        enum Case {
+            Join,
+            Correct,
+            Duplicate,
+            Wait,
+        }
+        let case = match self.map.get(id) {
+            Some(Slot::Event { .. }) => Case::Join,
+            Some(Slot::Done { ts: d, state, .. }) if *d + horizon >= forget_wm => {
+                if *state == EXPIRED { Case::Correct } else { Case::Duplicate }
+            }
+            Some(Slot::Label { .. }) => Case::Duplicate,
+            _ => Case::Wait,
+        };
+        match case {
+            Case::Duplicate => self.counts[C_DUP_LABELS] += 1,
+            Case::Join => {
+                let label = rec.getattr(intern!(py, "label"))?;
+                let (key, slot) = self.take_key(id);
+                let Some(Slot::Event { ts: ev_ts, entry, .. }) = slot else { unreachable!("a pending event") };
+                let row = self.row(py, entry.bind(py).as_any(), self.names_or_none(py), ts_obj, &label,
+                                   intern!(py, "joined"))?;
+                rows.append(row)?;
+                self.delays.push(ts - ev_ts);
+                self.counts[C_JOINED] += 1;
+                self.stale += 1; // the event's place in the queue
+                self.remember(key.clone(), JOINED, ev_ts, None);
+                self.log.push(key);
+            }
+            Case::Correct => {
+                let label = rec.getattr(intern!(py, "label"))?;
+                let names = self.names_or_none(py);
+                let Some((key, slot)) = self.map.get_key_value(id) else { unreachable!("a done entry") };
+                let key = key.clone();
+                let Slot::Done { ts: d, kept, .. } = slot else { unreachable!("a done entry") };
+                let d = *d;
+                let Some(kept) = kept else {
+                    return Err(PyValueError::new_err(format!("expired negative {id:?} holds no event entry")));
+                };
+                let row = self.row(py, kept.bind(py).as_any(), names, ts_obj, &label, intern!(py, "correction"))?;
+                rows.append(row)?;
+                self.counts[C_CORRECTIONS] += 1;
+                // in place: the id keeps its time bucket
+                self.map.insert(key.clone(), Slot::Done { state: CORRECTED, ts: d, kept: None });
+                self.log.push(key);
+            }
+            Case::Wait => {
+                let label = rec.getattr(intern!(py, "label"))?;
+                let (key, _) = self.take_key(id); // a done entry past the horizon: forgotten
+                let entry = PyTuple::new(py, [id_obj, ts_obj, offset, &label])?;
+                self.add_pending(key, false, ts, entry.unbind());
+            }
+        }
+        Ok(())
+    }
+
+    /// Expire the live pending entry `d` (already off the queue).
+    fn expire_entry<'py>(&mut self, py: Python<'py>, d: Due, capacity: bool, rows: &Bound<'py, PyList>,
+                         dead: &Bound<'py, PyList>) -> PyResult<()> {
+        let (key, slot) = self.take_key(&d.id);
+        self.log.push(key.clone());
+        match slot {
+            Some(Slot::Label { entry, .. }) => {
+                self.counts[C_UNKNOWN] += 1;
+                dead.append((1u8, entry, capacity))?;
+            }
+            Some(Slot::Event { ts, entry, .. }) => {
+                let (state, kept) = match self.policy {
+                    NEGATIVE => {
+                        self.counts[C_EXPIRED] += 1;
+                        let row = self.row(py, entry.bind(py).as_any(), self.names_or_none(py), &py.None().into_bound(py),
+                                           self.default_label.bind(py), intern!(py, "expired"))?;
+                        rows.append(row)?;
+                        (EXPIRED, Some(entry))
+                    }
+                    DROP => {
+                        self.counts[C_DROPPED] += 1;
+                        (DROPPED, None)
+                    }
+                    _ => {
+                        self.counts[C_DLQ] += 1;
+                        dead.append((2u8, entry, capacity))?;
+                        (DEAD_LETTERED, None)
+                    }
+                };
+                self.remember(key, state, ts, kept);
+            }
+            _ => unreachable!("expire_entry takes a live pending entry"),
+        }
+        Ok(())
+    }
+
+    /// Step 4: expire what is due at the watermark, then forget past the horizon.
+    fn expire<'py>(&mut self, py: Python<'py>, rows: &Bound<'py, PyList>, dead: &Bound<'py, PyList>) -> PyResult<()> {
+        while let Some(front) = self.queue.front() {
+            if !(front.deadline < self.wm) {
+                break;
+            }
+            let d = self.queue.pop_front().expect("a front");
+            if live(&self.map, &d) {
+                self.expire_entry(py, d, false, rows, dead)?;
+            } else {
+                self.stale -= 1;
+            }
+        }
+        if let Some((&k, _)) = self.buckets.first_key_value() {
+            if (k as f64) < self.wm / self.width - 1.0 {
+                self.forget_past_horizon();
+            }
+        }
+        Ok(())
+    }
+
+    /// Forget the done entries of the buckets past the horizon (unlogged: it follows from the watermark).
+    fn forget_past_horizon(&mut self) {
+        let wm = self.wm;
+        let clean_below = wm / self.width - 1.0;
+        while let Some(entry) = self.buckets.first_entry() {
+            if !((*entry.key() as f64) < clean_below) {
+                break;
+            }
+            let (k, ids) = entry.remove_entry();
+            for id in ids {
+                let Some(Slot::Done { ts: d, .. }) = self.map.get(&id) else { continue };
+                let d = *d;
+                if d + self.horizon < wm {
+                    self.map.remove(&id);
+                    self.n_done -= 1;
+                } else if self.bucket_key(d) <= k {
+                    self.bucket(id, k + 1); // float rounding at a bucket edge: look again with the next
+                }
+            }
+        }
+    }
+
+    fn peek_live(&mut self) -> Option<f64> {
+        while let Some(d) = self.queue.front() {
+            if live(&self.map, d) {
+                return Some(d.deadline);
+            }
+            self.queue.pop_front();
+            self.stale -= 1;
+        }
+        None
+    }
+
+    fn compact(&mut self) {
+        let map = &self.map;
+        self.queue.retain(|d| live(map, d));
+        self.stale = 0;
+    }
+
+    /// The ids changed since the last drain, each once, in first-change order.
+    fn changed(&self) -> Vec<Arc<str>> {
+        let mut seen: HashSet<&str> = HashSet::with_capacity(self.log.len());
+        self.log.iter().filter(|i| seen.insert(i)).cloned().collect()
+    }
+
+    /// Append the change-log value of `slot` (with `seq` for a pending entry).
+    fn write_slot(&self, py: Python<'_>, out: &mut String, slot: Option<&Slot>, seq: Option<u64>) -> Option<()> {
+        let own = self.own.bind(py);
+        match slot {
+            None => out.push_str("null"),
+            Some(Slot::Event { entry, .. }) => write_pending(out, true, seq.map(|s| s as i64), entry.bind(py), own)?,
+            Some(Slot::Label { entry, .. }) => write_pending(out, false, seq.map(|s| s as i64), entry.bind(py), own)?,
+            Some(Slot::Done { state, ts, kept }) => {
+                out.push_str("[\"d\",");
+                write_str(out, STATE_NAMES[*state as usize]);
+                out.push(',');
+                write_f64(out, *ts)?;
+                if let Some(kept) = kept {
+                    write_event(out, kept.bind(py), &[2], own)?;
+                }
+                out.push(']');
+            }
+        }
+        Some(())
+    }
+
+    /// The change-log value of `slot` as Python data for `NativePartitionJoiner`'s
+    /// reference path: `("e" | "l", seq, entry)`, `("d", state, ts, kept entry or None)` or None.
+    fn raw_slot<'py>(&self, py: Python<'py>, slot: Option<&Slot>, seq: Option<u64>) -> PyResult<Bound<'py, PyAny>> {
+        Ok(match slot {
+            None => py.None().into_bound(py),
+            Some(Slot::Event { entry, .. }) => ("e", seq, entry.clone_ref(py)).into_pyobject(py)?.into_any(),
+            Some(Slot::Label { entry, .. }) => ("l", seq, entry.clone_ref(py)).into_pyobject(py)?.into_any(),
+            Some(Slot::Done { state, ts, kept }) => {
+                ("d", STATE_NAMES[*state as usize], *ts, kept.as_ref().map(|k| k.clone_ref(py)))
+                    .into_pyobject(py)?.into_any()
+            }
+        })
+    }
+
+    fn slot_seq(slot: Option<&Slot>) -> Option<u64> {
+        match slot {
+            Some(Slot::Event { seq, .. } | Slot::Label { seq, .. }) => Some(*seq),
+            _ => None,
+        }
+    }
+
+    /// The live pending entries in (deadline, arrival) order, each with the sequence
+    /// number a snapshot gives it: its own when created since the last drain, else its
+    /// rank among the older ones.
+    fn snapshot_pending(&self) -> Vec<(&Arc<str>, u64)> {
+        let mut rank = 0;
+        let mut out = Vec::with_capacity(self.n_events + self.n_labels);
+        for d in &self.queue {
+            if !live(&self.map, d) {
+                continue;
+            }
+            let s = if d.seq >= self.log_seq {
+                d.seq
+            } else {
+                rank += 1;
+                rank - 1
+            };
+            out.push((&d.id, s));
+        }
+        out
+    }
+
+    fn end_drain(&mut self) {
+        self.log.clear();
+        self.log_seq = self.seq;
+    }
+}
+
+#[pymethods]
+impl JoinState {
+    /// `policy`: "negative" | "drop" | "dlq"; `own`: the own-names marker of event
+    /// entries; `error`: the exception class for an input of an unknown kind.
+    #[new]
+    #[pyo3(signature = (partition, max_label_delay, grace, policy, default_label, own, error))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(partition: Bound<'_, PyAny>, max_label_delay: f64, grace: f64, policy: &str, default_label: Bound<'_, PyAny>,
+           own: Bound<'_, PyAny>, error: Bound<'_, PyAny>) -> PyResult<Self> {
+        let policy = match policy {
+            "negative" => NEGATIVE,
+            "drop" => DROP,
+            "dlq" => DLQ,
+            other => return Err(PyValueError::new_err(format!("policy {other:?}: one of negative, drop, dlq"))),
+        };
+        if !(max_label_delay > 0.0) {
+            return Err(PyValueError::new_err(format!("max_label_delay {max_label_delay}: must be > 0")));
+        }
+        Ok(JoinState {
+            partition: partition.unbind(),
+            delay: max_label_delay,
+            grace,
+            horizon: 2.0 * max_label_delay + grace,
+            width: max_label_delay / 8.0,
+            policy,
+            default_label: default_label.unbind(),
+            own: own.unbind(),
+            error: error.unbind(),
+            names: None,
+            max_ts: f64::NEG_INFINITY,
+            idle_wm: f64::NEG_INFINITY,
+            wm: f64::NEG_INFINITY,
+            seq: 0,
+            log_seq: 0,
+            map: HashMap::new(),
+            n_events: 0,
+            n_labels: 0,
+            n_done: 0,
+            queue: VecDeque::new(),
+            stale: 0,
+            buckets: BTreeMap::new(),
+            log: Vec::new(),
+            delays: Vec::new(),
+            counts: [0; N_COUNTERS],
+        })
+    }
+
+    /// Join `inputs` (`(kind, record, offset, source)` each, in arrival order): `(rows, dead)`.
+    fn process<'py>(&mut self, py: Python<'py>, inputs: &Bound<'py, PyAny>)
+                    -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>)> {
+        let rows = PyList::empty(py);
+        let dead = PyList::empty(py);
+        let (s_event, s_label) = (intern!(py, "event"), intern!(py, "label"));
+        for item in inputs.try_iter()? {
+            let item = item?;
+            let t = item.downcast::<PyTuple>()?;
+            let kind = t.get_borrowed_item(0)?;
+            let is_event = if kind.is(s_event) {
+                true
+            } else if kind.is(s_label) {
+                false
+            } else if kind.eq(s_event)? {
+                true
+            } else if kind.eq(s_label)? {
+                false
+            } else {
+                return Err(PyErr::from_value(self.error.bind(py).call1((format!(
+                    "Input.kind must be 'event' or 'label', got {}", kind.repr()?), ))?));
+            };
+            self.counts[if is_event { C_EVENTS } else { C_LABELS }] += 1;
+            let rec = t.get_borrowed_item(1)?;
+            let ts_obj = rec.getattr(intern!(py, "ts"))?;
+            let ts: f64 = ts_obj.extract()?;
+            if ts < self.wm {
+                self.counts[C_LATE] += 1;
+                dead.append((0u8, &item, self.wm, self.max_ts))?;
+                continue;
+            }
+            let offset = t.get_borrowed_item(2)?;
+            let id_obj = rec.getattr(intern!(py, "id"))?;
+            let id = id_obj.downcast::<PyString>()?.to_str()?;
+            let forget_wm = self.wm;
+            if is_event {
+                self.on_event(py, id, &id_obj, ts, &ts_obj, &offset, &rec, forget_wm, &rows)?;
+            } else {
+                self.on_label(py, id, &id_obj, ts, &ts_obj, &offset, &rec, forget_wm, &rows)?;
+            }
+            if ts > self.max_ts {
+                self.max_ts = ts;
+                if ts - self.grace > self.wm {
+                    self.wm = ts - self.grace;
+                    self.expire(py, &rows, &dead)?;
+                }
+            }
+        }
+        if self.stale > 1024 && self.stale > self.n_events + self.n_labels {
+            self.compact();
+        }
+        Ok((rows, dead))
+    }
+
+    /// Move the watermark to `wm` by idle time (the caller checked it is higher) and expire.
+    fn advance_idle<'py>(&mut self, py: Python<'py>, wm: f64) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>)> {
+        let rows = PyList::empty(py);
+        let dead = PyList::empty(py);
+        self.wm = wm;
+        self.idle_wm = wm;
+        self.expire(py, &rows, &dead)?;
+        Ok((rows, dead))
+    }
+
+    /// The smallest deadline among pending entries, or None.
+    fn oldest_deadline(&mut self) -> Option<f64> {
+        self.peek_live()
+    }
+
+    /// Expire up to `n` pending entries early, smallest deadline first (capacity).
+    fn expire_oldest<'py>(&mut self, py: Python<'py>, n: usize) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>)> {
+        let rows = PyList::empty(py);
+        let dead = PyList::empty(py);
+        for _ in 0..n {
+            if self.peek_live().is_none() {
+                break;
+            }
+            let d = self.queue.pop_front().expect("a live front");
+            self.expire_entry(py, d, true, &rows, &dead)?;
+            self.counts[C_CAPACITY] += 1;
+        }
+        Ok((rows, dead))
+    }
+
+    fn oldest_memory(&self) -> Option<i64> {
+        self.buckets.keys().next().copied()
+    }
+
+    /// Forget the oldest time bucket of the done memory now; how many ids.
+    fn forget_oldest(&mut self) -> usize {
+        let Some((k, ids)) = self.buckets.pop_first() else { return 0 };
+        let mut n = 0;
+        for id in ids {
+            let Some(Slot::Done { ts: d, .. }) = self.map.get(&id) else { continue };
+            if self.bucket_key(*d) <= k {
+                let (key, _) = self.take_key(&id);
+                self.log.push(key);
+                n += 1;
+            }
+        }
+        self.counts[C_FORGOTTEN] += n as u64;
+        n
+    }
+
+    /// The change log as JSON `[key, value]` pairs (the meta entry aside), and the next
+    /// log started; None, with the log left as it is, when a value is not one the native
+    /// encoder takes.
+    fn drain_encoded<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyList>>> {
+        let out = PyList::empty(py);
+        let mut buf = String::with_capacity(256);
+        for id in self.changed() {
+            write_key(&mut buf, &id);
+            let slot = self.map.get(&id);
+            if self.write_slot(py, &mut buf, slot, Self::slot_seq(slot)).is_none() {
+                return Ok(None);
+            }
+            finish(py, &out, &mut buf)?;
+        }
+        self.end_drain();
+        Ok(Some(out))
+    }
+
+    /// The change log as `(id, raw value)` pairs (see `raw_slot`), and the next log started.
+    fn drain_raw<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let out = PyList::empty(py);
+        for id in self.changed() {
+            let slot = self.map.get(&id);
+            out.append((&*id, self.raw_slot(py, slot, Self::slot_seq(slot))?))?;
+        }
+        self.end_drain();
+        Ok(out)
+    }
+
+    /// The whole state as JSON pairs (the meta entry aside): the pending entries in
+    /// (deadline, arrival) order, then the done entries; None when a value is not one
+    /// the native encoder takes. The change log is not touched.
+    fn snapshot_encoded<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyList>>> {
+        let out = PyList::empty(py);
+        let mut buf = String::with_capacity(256);
+        for (id, s) in self.snapshot_pending() {
+            write_key(&mut buf, id);
+            if self.write_slot(py, &mut buf, self.map.get(id), Some(s)).is_none() {
+                return Ok(None);
+            }
+            finish(py, &out, &mut buf)?;
+        }
+        for (id, slot) in &self.map {
+            if let Slot::Done { .. } = slot {
+                write_key(&mut buf, id);
+                if self.write_slot(py, &mut buf, Some(slot), None).is_none() {
+                    return Ok(None);
+                }
+                finish(py, &out, &mut buf)?;
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// `snapshot_encoded`'s pairs as `(id, raw value)`.
+    fn snapshot_raw<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let out = PyList::empty(py);
+        for (id, s) in self.snapshot_pending() {
+            out.append((&**id, self.raw_slot(py, self.map.get(id), Some(s))?))?;
+        }
+        for (id, slot) in &self.map {
+            if let Slot::Done { .. } = slot {
+                out.append((&**id, self.raw_slot(py, Some(slot), None)?))?;
+            }
+        }
+        Ok(out)
+    }
+
+    // Restore (PartitionJoiner.restore's steps) ----------------------------------------
+
+    /// The entry of a pending event (learning the feature names from the first one).
+    #[pyo3(signature = (i, ts, offset, features, served_version, prediction))]
+    fn event_entry<'py>(&mut self, py: Python<'py>, i: &Bound<'py, PyAny>, ts: &Bound<'py, PyAny>,
+                        offset: &Bound<'py, PyAny>, features: &Bound<'py, PyAny>, served_version: &Bound<'py, PyAny>,
+                        prediction: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyTuple>> {
+        self.make_entry(py, i, ts, offset, features, served_version, prediction)
+    }
+
+    /// Take `features`' names as the joiner's (when it has none and they are all str).
+    fn learn_names(&mut self, py: Python<'_>, features: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.learn_from(py, features)
+    }
+
+    /// Add the restored pending `entry` (the latest arrival so far).
+    fn restore_pending(&mut self, event: bool, entry: &Bound<'_, PyTuple>) -> PyResult<()> {
+        let id: String = entry.get_item(0)?.extract()?;
+        let ts: f64 = entry.get_item(1)?.extract()?;
+        let (key, _) = self.take_key(&id);
+        self.add_pending(key, event, ts, entry.clone().unbind());
+        Ok(())
+    }
+
+    /// Remember the restored done entry of `id`.
+    #[pyo3(signature = (i, state, ts, kept=None))]
+    fn restore_done(&mut self, i: &str, state: &str, ts: f64, kept: Option<Bound<'_, PyTuple>>) -> PyResult<()> {
+        let Some(code) = STATE_NAMES.iter().position(|s| *s == state) else {
+            return Err(PyValueError::new_err(format!("done state {state:?}: one of {STATE_NAMES:?}")));
+        };
+        let (key, _) = self.take_key(i);
+        self.remember(key, code as u8, ts, kept.map(Bound::unbind));
+        Ok(())
+    }
+
+    /// Finish a restore: the watermark state and the sequence counter, then forget past
+    /// the horizon as the original did at this watermark (unlogged).
+    fn restore_meta(&mut self, max_ts: f64, idle_wm: f64, seq: u64) {
+        self.max_ts = max_ts;
+        self.idle_wm = idle_wm;
+        self.seq = self.seq.max(seq);
+        self.end_drain();
+        self.wm = (max_ts - self.grace).max(idle_wm);
+        self.forget_past_horizon();
+    }
+
+    // Views ------------------------------------------------------------------------------
+
+    #[getter]
+    fn watermark(&self) -> f64 {
+        self.wm
+    }
+
+    #[getter]
+    fn max_ts(&self) -> f64 {
+        self.max_ts
+    }
+
+    #[getter]
+    fn idle_watermark(&self) -> f64 {
+        self.idle_wm
+    }
+
+    #[getter]
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    #[getter]
+    fn names(&self, py: Python<'_>) -> Py<PyAny> {
+        self.names_or_none(py)
+    }
+
+    #[getter]
+    fn pending_events(&self) -> usize {
+        self.n_events
+    }
+
+    #[getter]
+    fn pending_labels(&self) -> usize {
+        self.n_labels
+    }
+
+    #[getter]
+    fn remembered(&self) -> usize {
+        self.n_done
+    }
+
+    /// The counters, in the order of `COUNTER_KEYS`.
+    fn counts(&self) -> Vec<u64> {
+        self.counts.to_vec()
+    }
+
+    /// `label.ts - event.ts` of every joined example since the last call.
+    fn drain_label_delays<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let out = PyList::new(py, self.delays.iter().map(|&d| PyFloat::new(py, d)))?;
+        self.delays.clear();
+        Ok(out)
+    }
+}
