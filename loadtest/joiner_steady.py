@@ -15,7 +15,9 @@ comes, which is when the freshness benchmark's joiner falls behind at 50k events
 
 ``--joiner both`` (the default with the native data path) replays the same records
 through ``PartitionJoiner`` (the Python state, the reference) and then
-``NativePartitionJoiner`` (the state in Rust) and ends with each stage's mean over the
+``NativePartitionJoiner`` (the state in Rust, fed the entries the native decoder packs
+straight from the message bytes, as the worker does: its decode stage makes no
+``Event`` or ``Label``) and ends with each stage's mean over the
 steady state (from the done memory's horizon on) and the ratio native / reference,
 measured in the same run.
 """
@@ -83,25 +85,56 @@ def main() -> int:
     return 0
 
 
+class _Message:
+    """The parts of a consumed message the native decoder reads."""
+
+    __slots__ = ("_value", "_offset")
+
+    def __init__(self, value: bytes, offset: int) -> None:
+        self._value, self._offset = value, offset
+
+    def value(self) -> bytes:
+        return self._value
+
+    def offset(self) -> int:
+        return self._offset
+
+
 def replay(cls: type, t: Topology, records: list, args: argparse.Namespace) -> tuple[dict[int, Counter[str]], Counter[int]]:
     """Replay ``records`` through a ``cls`` joiner as the worker does; seconds per stage, per second of event time."""
     schema = t.record_schema
     joiner, writer = cls(0, t.join), ChangelogWriter(0)
+    # the native joiner takes the entries the native decoder packs from the messages (as the worker does)
+    items = schema._native_decoder.items if cls is NativePartitionJoiner else None
+    names = tuple(n for n, _ in schema._plan)
     per_second: dict[int, Counter[str]] = defaultdict(Counter)
     counts: Counter[int] = Counter()
     step = max(1, int(args.rate * 1.7 * args.commit_every))  # events and labels per micro-batch
     for start in range(0, len(records), step):
         chunk = records[start:start + step]
         second = int(start / (args.rate * 1.7))
-        t0 = time.perf_counter()
-        events, _ = decode_events([v for k, _, v in chunk if k == "event"], schema)
-        labels, _ = decode_labels([v for k, _, v in chunk if k == "label"], schema)
-        t1 = time.perf_counter()
-        it_e, it_l = iter(events), iter(labels)
-        inputs = [Input(k, next(it_e) if k == "event" else next(it_l), start + n) for n, (k, _, _) in enumerate(chunk)]
-        t2 = time.perf_counter()
-        out = joiner.process(inputs)
-        t3 = time.perf_counter()
+        if items is not None:  # the worker's native path: the decoder packs the joiner's entries
+            msgs = {kind: [_Message(v, start + n) for n, (k, _, v) in enumerate(chunk) if k == kind]
+                    for kind in ("event", "label")}
+            t0 = time.perf_counter()
+            decoded = {kind: items(kind, msgs[kind], kind == "event")[0] for kind in ("event", "label")}
+            t1 = time.perf_counter()
+            it_e, it_l = iter(decoded["event"]), iter(decoded["label"])
+            inputs = [(next(it_e) if k == "event" else next(it_l))[1] for k, _, _ in chunk]
+            t2 = time.perf_counter()
+            out = joiner.process(inputs, names)
+            t3 = time.perf_counter()
+        else:
+            t0 = time.perf_counter()
+            events, _ = decode_events([v for k, _, v in chunk if k == "event"], schema)
+            labels, _ = decode_labels([v for k, _, v in chunk if k == "label"], schema)
+            t1 = time.perf_counter()
+            it_e, it_l = iter(events), iter(labels)
+            inputs = [Input(k, next(it_e) if k == "event" else next(it_l), start + n)
+                      for n, (k, _, _) in enumerate(chunk)]
+            t2 = time.perf_counter()
+            out = joiner.process(inputs)
+            t3 = time.perf_counter()
         list(example_messages(out.rows, schema))
         t4 = time.perf_counter()
         changes = joiner.drain_encoded()

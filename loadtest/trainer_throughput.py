@@ -1,6 +1,7 @@
 """Trainer throughput: the full loop, the trainer alone, and a per-example model against River.
 
     python loadtest/trainer_throughput.py [--events 200000] [--rounds 3] [--tree-examples 30000] [--bootstrap HOST:PORT]
+                                          [--joiner native|reference|both]
 
 On the embedded broker (or --bootstrap), with 10 float features and a binary label
 (wall time, ``time.perf_counter``; every rate is measured from the first record a worker
@@ -13,7 +14,10 @@ is handed to the moment the last example is learned):
    input ends with an end-of-input event and label per partition a day later, whose
    watermark expires what is still pending (see loadtest/joiner_throughput.py). Run
    ``--rounds`` times on fresh topics (one run varies by up to a third on this 2-core
-   machine); the median is the result, every round is printed;
+   machine); the median is the result, every round is printed. ``--joiner both`` runs
+   the rounds alternately with the worker's partition joiner in Rust (the native data
+   path's default) and with the Python reference (``PartitionJoiner``, fed decoded
+   records), and prints both medians and their ratio;
 2. **trainer alone**, batch path: the same number of examples produced straight to
    ``<name>.examples`` (Arrow messages of 1000 rows), learned until the last one;
 3. **per-example model**: a Hoeffding tree (``river.tree.HoeffdingTreeClassifier()``)
@@ -45,6 +49,9 @@ from ct_stream.kafka.clients import (DeliveryTracker, TopicSpec, ensure_topics, 
                                     produce_retrying)
 from ct_stream.records import encode_examples, examples_to_batch  # noqa: E402
 from ct_stream.runtime import tune_gc  # noqa: E402
+from ct_stream.join.joiner import NativePartitionJoiner, PartitionJoiner, partition_joiner_class  # noqa: E402
+from ct_stream.native import module as native  # noqa: E402
+from ct_stream.runtime import joiner as runtime_joiner  # noqa: E402
 from ct_stream.runtime.joiner import JoinerWorker  # noqa: E402
 from ct_stream.runtime.pipeline import end_of_input  # noqa: E402
 from ct_stream.runtime.trainer import TrainerWorker  # noqa: E402
@@ -83,7 +90,10 @@ def timed(worker_io: Any, attr: str, started: list[float]) -> None:
     setattr(worker_io, attr, wrapped)
 
 
-def full_loop(bootstrap: str, n: int, data_dir: str) -> tuple[int, float]:
+def full_loop(bootstrap: str, n: int, data_dir: str, joiner_cls: type | None = None) -> tuple[int, float]:
+    """One full-loop round; ``joiner_cls`` replaces the worker's partition joiner class."""
+    if joiner_cls is not None:
+        runtime_joiner.partition_joiner_class = lambda: joiner_cls
     t = topology(f"loop-{uuid.uuid4().hex[:6]}", data_dir)
     ensure_topics(bootstrap, [TopicSpec(x, t.partitions) for x in (t.events_topic, t.labels_topic)])
     data = generate(t, n, seed=3, events_per_second=5000, label_fraction=0.7, max_delay=5.0)
@@ -106,6 +116,7 @@ def full_loop(bootstrap: str, n: int, data_dir: str) -> tuple[int, float]:
     elapsed = time.perf_counter() - started[0]
     joiner.close()
     learner.close()
+    runtime_joiner.partition_joiner_class = partition_joiner_class
     return learner.learned, elapsed
 
 
@@ -165,7 +176,12 @@ def main() -> int:
     ap.add_argument("--bootstrap", default=None)
     ap.add_argument("--rounds", type=int, default=3,
                     help="full-loop rounds, each on fresh topics; the median is the result (default 3)")
+    ap.add_argument("--joiner", choices=("native", "reference", "both"), default="native" if native else "reference",
+                    help="the full loop's partition joiner: the state in Rust (the default with the native data "
+                         "path), the Python reference, or both in alternate rounds")
     args = ap.parse_args()
+    if args.joiner != "reference" and native is None:
+        ap.error("--joiner native needs ct_stream._native (built with cargo: docs/native.md)")
     tune_gc()  # as `ct-stream run` does
     broker = None
     bootstrap = args.bootstrap
@@ -174,14 +190,22 @@ def main() -> int:
         bootstrap = broker.bootstrap
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            rates = []
+            kinds = {"native": [NativePartitionJoiner], "reference": [PartitionJoiner],
+                     "both": [PartitionJoiner, NativePartitionJoiner]}[args.joiner]
+            by_kind: dict[type, list[float]] = {k: [] for k in kinds}
             for r in range(1, args.rounds + 1):
-                n_loop, t_loop = full_loop(bootstrap, args.events, f"{tmp}/loop{r}")
-                rates.append(n_loop / t_loop)
-                print(f"full loop round {r}: {n_loop} examples in {t_loop:.2f} s = {rates[-1]:,.0f} examples/s",
-                      flush=True)
-            print(f"full loop (joiner + trainer, one process): {statistics.median(rates):,.0f} examples/s, median of "
-                  f"{len(rates)} rounds (min {min(rates):,.0f}, max {max(rates):,.0f}; goal >= 150,000)")
+                for cls in kinds:
+                    n_loop, t_loop = full_loop(bootstrap, args.events, f"{tmp}/loop{r}{cls.__name__}", cls)
+                    by_kind[cls].append(n_loop / t_loop)
+                    print(f"full loop round {r} ({cls.__name__}): {n_loop} examples in {t_loop:.2f} s = "
+                          f"{by_kind[cls][-1]:,.0f} examples/s", flush=True)
+            for cls, rates in by_kind.items():
+                print(f"full loop (joiner + trainer, one process, {cls.__name__}): {statistics.median(rates):,.0f} "
+                      f"examples/s, median of {len(rates)} rounds (min {min(rates):,.0f}, max {max(rates):,.0f}; "
+                      "goal >= 150,000)")
+            if len(kinds) == 2:
+                ref, nat = (statistics.median(by_kind[k]) for k in kinds)
+                print(f"full loop ratio NativePartitionJoiner / PartitionJoiner: {nat / ref:.2f}")
             X, y = data(args.events, 1)
             t = topology(f"alone-{uuid.uuid4().hex[:6]}", tmp + "/alone")
             n_alone, t_alone = trainer_alone(bootstrap, t, X, y, tmp + "/alone")

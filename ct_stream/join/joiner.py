@@ -1178,12 +1178,19 @@ class NativePartitionJoiner:
         return self._state.drain_label_delays()  # type: ignore[no-any-return]
 
     # Processing --------------------------------------------------------------------
-    def process(self, inputs: Sequence[Input]) -> JoinOutput:
-        """Join ``inputs`` (in arrival order) and return what they produced."""
+    def process(self, inputs: Sequence[Input], entry_names: tuple[str, ...] | None = None) -> JoinOutput:
+        """Join ``inputs`` (in arrival order) and return what they produced.
+
+        A record may also be the joiner's entry tuple itself, as the native decoder packs
+        it for the worker (``Decoder.items``: ``(id, ts, offset, served_version,
+        prediction, *feature values)`` for an event, ``(id, ts, offset, label)`` for a
+        label), the feature values in the order of ``entry_names``: then no ``Event``,
+        ``Label`` or features dict is made at all. The rules and outputs are the same.
+        """
         if not inputs:
             return JoinOutput()
         self._last_arrival = self._clock()
-        return self._output(*self._state.process(inputs))
+        return self._output(*self._state.process(inputs, entry_names))
 
     def tick(self, now: float | None = None) -> JoinOutput:
         """Advance the watermark by idle time and expire (:meth:`PartitionJoiner.tick`)."""
@@ -1225,6 +1232,9 @@ class NativePartitionJoiner:
             for d in dead:
                 if d[0] == 0:  # late: (0, input, watermark, max_ts)
                     kind, rec, offset, source = d[1]
+                    if type(rec) is tuple:  # an entry record (see process)
+                        rec = Event(rec[0], rec[1], self._features(rec), rec[3], rec[4]) if kind == "event" \
+                            else Label(rec[0], rec[1], rec[3])
                     letters.append(DeadLetter(
                         kind, p, offset, Reason.LATE,
                         f"{kind} {rec.id!r}: ts {rec.ts!r} is behind the partition watermark {d[2]!r} "

@@ -37,8 +37,8 @@ from ct_stream.metrics import JoinerMetrics
 from ct_stream.join.arrow import example_messages
 from ct_stream.join.changelog import ChangelogWriter, read_changelog
 from ct_stream.join.merge import PartitionMerger
-from ct_stream.records import (Event, Label, Reason, Reject, decode_events, decode_labels, encode_event,
-                               encode_label)
+from ct_stream.records import (Event, Label, Reason, Reject, decode_event, decode_events, decode_label,
+                               decode_labels, encode_event, encode_label)
 from ct_stream.runtime.smoke import dlq_headers
 from ct_stream.topology import Topology
 
@@ -87,6 +87,12 @@ class JoinerWorker:
         self._last_tick = clock()
         self._reported: Counter[str] = Counter()
         self._changelogs: dict[int, ChangelogWriter] = {}  # per assigned partition, made by _restore
+        # With the native data path the decoder packs the joiner's entries from the polled
+        # messages itself (no Event or Label objects; docs/native.md), in this name order.
+        decoder = topology.record_schema._native_decoder
+        native = decoder is not None and partition_joiner_class() is NativePartitionJoiner
+        self._items: Callable[..., tuple[list[Any], list[int]]] | None = decoder.items if native else None
+        self._entry_names = tuple(n for n, _ in topology.record_schema._plan)
 
     # Setup ---------------------------------------------------------------------------
     def setup(self) -> None:
@@ -209,6 +215,14 @@ class JoinerWorker:
             if merger is None:
                 continue  # polled just before its partition was revoked: the new owner re-reads it
             kind = "event" if topic == t.events_topic else "label"
+            if self._items is not None:  # the native decoder packs the joiner's entries itself
+                items, missing = self._items(kind, tp_msgs, kind == "event")
+                if missing:
+                    self._decode_missing(kind, tp_msgs, items, missing, p)
+                merger.add(kind, items)  # type: ignore[arg-type]
+                self.metrics.child(self.metrics.records, kind).inc(len(tp_msgs))
+                touched.add(p)
+                continue
             decode = decode_events if kind == "event" else decode_labels
             good, rejects = decode([m.value() for m in tp_msgs], schema, [m.timestamp()[1] for m in tp_msgs])
             # an item: (ts, joiner input (kind, record, offset, message)); a reject has no ts
@@ -237,6 +251,19 @@ class JoinerWorker:
         for p in touched:
             self._release(p)
             self._backpressure(p)
+
+    def _decode_missing(self, kind: str, msgs: list[Any], items: list[Any], missing: list[int], p: int) -> None:
+        """Fill in the items the native decoder left to Python (``None`` at ``missing``):
+        the record decoded here, or its reject (a reject has no ts)."""
+        decode_one = decode_event if kind == "event" else decode_label
+        for i in missing:
+            m = msgs[i]
+            record = decode_one(m.value(), self.t.record_schema, m.timestamp()[1])
+            if record.__class__ is Reject:
+                self._rejects_held[p] += 1
+                items[i] = (None, (kind, record, m.offset(), m))
+            else:
+                items[i] = (record.ts, (kind, record, m.offset(), m))
 
     def _unblock(self) -> None:
         """Release records that wait for a topic which has nothing more to give.
@@ -310,7 +337,11 @@ class JoinerWorker:
                 if not missing:
                     break
         if good:
-            out = self.group.partitions[p].process(good)  # type: ignore[arg-type]
+            joiner = self.group.partitions[p]
+            if self._items is not None:
+                out = joiner.process(good, self._entry_names)  # type: ignore[arg-type, call-arg]
+            else:
+                out = joiner.process(good)  # type: ignore[arg-type]
             self._buffers[p].extend(out.rows)  # all from partition p
             self._handle(out, examples=False)
             self._handle(self.group.enforce_capacity())

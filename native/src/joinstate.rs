@@ -23,7 +23,7 @@ use std::sync::Arc;
 use pyo3::exceptions::{PyKeyError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyFloat, PyList, PyString, PyTuple};
+use pyo3::types::{PyDict, PyFloat, PyList, PyString, PyTuple};
 
 use crate::changes::{finish, write_event, write_key, write_pending, write_str};
 use crate::entry::event_entry;
@@ -103,6 +103,23 @@ fn live(map: &HashMap<Arc<str>, Slot>, d: &Due) -> bool {
     matches!(map.get(&d.id), Some(Slot::Event { seq, .. } | Slot::Label { seq, .. }) if *seq == d.seq)
 }
 
+/// An input's record: a decoded `Event` / `Label`, or the joiner's entry tuple packed by
+/// the decoder (`Decoder.items`), with whether it is in the joiner's own name order.
+#[derive(Clone, Copy)]
+enum Rec<'a, 'py> {
+    Obj(&'a Bound<'py, PyAny>),
+    Entry(&'a Bound<'py, PyTuple>, bool),
+}
+
+impl<'py> Rec<'_, 'py> {
+    fn label(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        match self {
+            Rec::Obj(r) => r.getattr(intern!(py, "label")),
+            Rec::Entry(e, _) => e.get_item(3),
+        }
+    }
+}
+
 /// One partition's join state (see the module docs and `PartitionJoiner`).
 #[pyclass(module = "ct_stream._native")]
 pub struct JoinState {
@@ -116,6 +133,8 @@ pub struct JoinState {
     own: Py<PyAny>,
     error: Py<PyAny>,
     names: Option<Py<PyTuple>>,
+    /// The feature names of the entry records of the current `process` call.
+    entry_names: Option<Py<PyTuple>>,
     max_ts: f64,
     idle_wm: f64,
     wm: f64,
@@ -238,7 +257,7 @@ impl JoinState {
 
     #[allow(clippy::too_many_arguments)]
     fn on_event<'py>(&mut self, py: Python<'py>, id: &str, id_obj: &Bound<'py, PyAny>, ts: f64,
-                     ts_obj: &Bound<'py, PyAny>, offset: &Bound<'py, PyAny>, rec: &Bound<'py, PyAny>,
+                     ts_obj: &Bound<'py, PyAny>, offset: &Bound<'py, PyAny>, rec: Rec<'_, 'py>,
                      forget_wm: f64, rows: &Bound<'py, PyList>) -> PyResult<()> {
         let horizon = self.horizon;
         let pending_label = match self.map.get(id) {
@@ -253,10 +272,26 @@ impl JoinState {
             Some(Slot::Label { .. }) => true,
             _ => false,
         };
-        let features = rec.getattr(intern!(py, "features"))?;
-        let sv = rec.getattr(intern!(py, "served_version"))?;
-        let pred = rec.getattr(intern!(py, "prediction"))?;
         let (key, slot) = self.take_key(id);
+        if let Rec::Entry(e, true) = rec {
+            // an entry packed by the decoder in the joiner's own feature-name order
+            if pending_label {
+                let Some(Slot::Label { entry: pl, ts: lts, .. }) = slot else { unreachable!("a pending label") };
+                let pl = pl.bind(py);
+                let row = self.row(py, e.as_any(), self.names_or_none(py), &pl.get_item(1)?, &pl.get_item(3)?,
+                                   intern!(py, "joined"))?;
+                rows.append(row)?;
+                self.joined_early(key, ts, lts);
+            } else {
+                self.add_pending(key, true, ts, e.clone().unbind());
+            }
+            return Ok(());
+        }
+        let (features, sv, pred) = match rec {
+            Rec::Obj(rec) => (rec.getattr(intern!(py, "features"))?, rec.getattr(intern!(py, "served_version"))?,
+                              rec.getattr(intern!(py, "prediction"))?),
+            Rec::Entry(e, _) => (self.entry_features(py, e)?, e.get_item(3)?, e.get_item(4)?),
+        };
         if pending_label {
             let Some(Slot::Label { entry: pl, ts: lts, .. }) = slot else { unreachable!("a pending label") };
             let pl = pl.bind(py);
@@ -265,11 +300,7 @@ impl JoinState {
             let row = self.row(py, entry.as_any(), py.None(), &label_ts, &pl.get_item(3)?,
                                intern!(py, "joined"))?;
             rows.append(row)?;
-            self.delays.push(lts - ts);
-            self.counts[C_JOINED] += 1;
-            self.stale += 1; // the label's place in the queue
-            self.remember(key.clone(), JOINED, ts, None);
-            self.log.push(key);
+            self.joined_early(key, ts, lts);
         } else {
             let entry = self.make_entry(py, id_obj, ts_obj, offset, &features, &sv, &pred)?;
             self.add_pending(key, true, ts, entry.unbind());
@@ -277,9 +308,29 @@ impl JoinState {
         Ok(())
     }
 
+    /// The event `key` (at `ts`) joined the label pending for it (at `label_ts`).
+    fn joined_early(&mut self, key: Arc<str>, ts: f64, label_ts: f64) {
+        self.delays.push(label_ts - ts);
+        self.counts[C_JOINED] += 1;
+        self.stale += 1; // the label's place in the queue
+        self.remember(key.clone(), JOINED, ts, None);
+        self.log.push(key);
+    }
+
+    /// The features dict of an entry record packed in the decoder's name order.
+    fn entry_features<'py>(&self, py: Python<'py>, e: &Bound<'py, PyTuple>) -> PyResult<Bound<'py, PyAny>> {
+        let names = self.entry_names.as_ref().ok_or_else(|| PyValueError::new_err(
+            "an entry record (a tuple) needs the entry_names it was packed in"))?;
+        let d = PyDict::new(py);
+        for (k, n) in names.bind(py).iter().enumerate() {
+            d.set_item(n, e.get_item(5 + k)?)?;
+        }
+        Ok(d.into_any())
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn on_label<'py>(&mut self, py: Python<'py>, id: &str, id_obj: &Bound<'py, PyAny>, ts: f64,
-                     ts_obj: &Bound<'py, PyAny>, offset: &Bound<'py, PyAny>, rec: &Bound<'py, PyAny>,
+                     ts_obj: &Bound<'py, PyAny>, offset: &Bound<'py, PyAny>, rec: Rec<'_, 'py>,
                      forget_wm: f64, rows: &Bound<'py, PyList>) -> PyResult<()> {
         let horizon = self.horizon;
         enum Case {
@@ -299,7 +350,7 @@ impl JoinState {
         match case {
             Case::Duplicate => self.counts[C_DUP_LABELS] += 1,
             Case::Join => {
-                let label = rec.getattr(intern!(py, "label"))?;
+                let label = rec.label(py)?;
                 let (key, slot) = self.take_key(id);
                 let Some(Slot::Event { ts: ev_ts, entry, .. }) = slot else { unreachable!("a pending event") };
                 let row = self.row(py, entry.bind(py).as_any(), self.names_or_none(py), ts_obj, &label,
@@ -312,7 +363,7 @@ impl JoinState {
                 self.log.push(key);
             }
             Case::Correct => {
-                let label = rec.getattr(intern!(py, "label"))?;
+                let label = rec.label(py)?;
                 let names = self.names_or_none(py);
                 let Some((key, slot)) = self.map.get_key_value(id) else { unreachable!("a done entry") };
                 let key = key.clone();
@@ -329,9 +380,11 @@ impl JoinState {
                 self.log.push(key);
             }
             Case::Wait => {
-                let label = rec.getattr(intern!(py, "label"))?;
                 let (key, _) = self.take_key(id); // a done entry past the horizon: forgotten
-                let entry = PyTuple::new(py, [id_obj, ts_obj, offset, &label])?;
+                let entry = match rec {
+                    Rec::Entry(e, _) => e.clone(), // already (id, ts, offset, label)
+                    Rec::Obj(_) => PyTuple::new(py, [id_obj, ts_obj, offset, &rec.label(py)?])?,
+                };
                 self.add_pending(key, false, ts, entry.unbind());
             }
         }
@@ -538,6 +591,7 @@ impl JoinState {
             own: own.unbind(),
             error: error.unbind(),
             names: None,
+            entry_names: None,
             max_ts: f64::NEG_INFINITY,
             idle_wm: f64::NEG_INFINITY,
             wm: f64::NEG_INFINITY,
@@ -557,11 +611,17 @@ impl JoinState {
     }
 
     /// Join `inputs` (`(kind, record, offset, source)` each, in arrival order): `(rows, dead)`.
-    fn process<'py>(&mut self, py: Python<'py>, inputs: &Bound<'py, PyAny>)
+    /// A record is an `Event` / `Label`, or the joiner's entry tuple as `Decoder.items`
+    /// packs it (`(id, ts, offset, served_version, prediction, *features)` for an event,
+    /// `(id, ts, offset, label)` for a label), the features in the order of `entry_names`.
+    #[pyo3(signature = (inputs, entry_names=None))]
+    fn process<'py>(&mut self, py: Python<'py>, inputs: &Bound<'py, PyAny>, entry_names: Option<Bound<'py, PyTuple>>)
                     -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>)> {
         let rows = PyList::empty(py);
         let dead = PyList::empty(py);
         let (s_event, s_label) = (intern!(py, "event"), intern!(py, "label"));
+        self.entry_names = entry_names.map(Bound::unbind);
+        let mut direct: Option<bool> = None; // entry records are in the joiner's own name order
         for item in inputs.try_iter()? {
             let item = item?;
             let t = item.downcast::<PyTuple>()?;
@@ -579,22 +639,47 @@ impl JoinState {
                     "Input.kind must be 'event' or 'label', got {}", kind.repr()?), ))?));
             };
             self.counts[if is_event { C_EVENTS } else { C_LABELS }] += 1;
-            let rec = t.get_borrowed_item(1)?;
-            let ts_obj = rec.getattr(intern!(py, "ts"))?;
+            let rec = t.get_item(1)?;
+            let entry = rec.downcast_exact::<PyTuple>().ok();
+            let (id_obj, ts_obj) = match entry {
+                Some(e) => (e.get_item(0)?, e.get_item(1)?),
+                None => (rec.getattr(intern!(py, "id"))?, rec.getattr(intern!(py, "ts"))?),
+            };
             let ts: f64 = ts_obj.extract()?;
             if ts < self.wm {
                 self.counts[C_LATE] += 1;
                 dead.append((0u8, &item, self.wm, self.max_ts))?;
                 continue;
             }
+            let r = match entry {
+                None => Rec::Obj(&rec),
+                Some(e) => {
+                    let d = match direct {
+                        Some(d) => d,
+                        None => {
+                            let Some(en) = &self.entry_names else {
+                                return Err(PyValueError::new_err(
+                                    "an entry record (a tuple) needs the entry_names it was packed in"));
+                            };
+                            if self.names.is_none() {
+                                self.names = Some(en.clone_ref(py));
+                            }
+                            let own = self.names.as_ref().expect("names").bind(py);
+                            let d = own.is(en.bind(py)) || own.eq(en.bind(py))?;
+                            direct = Some(d);
+                            d
+                        }
+                    };
+                    Rec::Entry(e, d)
+                }
+            };
             let offset = t.get_borrowed_item(2)?;
-            let id_obj = rec.getattr(intern!(py, "id"))?;
             let id = id_obj.downcast::<PyString>()?.to_str()?;
             let forget_wm = self.wm;
             if is_event {
-                self.on_event(py, id, &id_obj, ts, &ts_obj, &offset, &rec, forget_wm, &rows)?;
+                self.on_event(py, id, &id_obj, ts, &ts_obj, &offset, r, forget_wm, &rows)?;
             } else {
-                self.on_label(py, id, &id_obj, ts, &ts_obj, &offset, &rec, forget_wm, &rows)?;
+                self.on_label(py, id, &id_obj, ts, &ts_obj, &offset, r, forget_wm, &rows)?;
             }
             if ts > self.max_ts {
                 self.max_ts = ts;
@@ -604,6 +689,7 @@ impl JoinState {
                 }
             }
         }
+        self.entry_names = None;
         if self.stale > 1024 && self.stale > self.n_events + self.n_labels {
             self.compact();
         }

@@ -27,7 +27,7 @@ mod sgd;
 
 use json::{Scanner, Val};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyFloat, PyList, PyString};
+use pyo3::types::{PyBytes, PyDict, PyFloat, PyList, PyString, PyTuple};
 use std::borrow::Cow;
 
 /// Integers with a larger absolute value do not all convert to f64 exactly: left to Python.
@@ -160,9 +160,15 @@ impl Decoder {
     fn features<'a>(&self, sc: &mut Scanner<'a>) -> Option<Vec<Feat<'a>>> {
         // the last value of a key counts (as orjson reads a key given twice)
         let mut slots: Vec<Option<Val<'a>>> = (0..self.names.len()).map(|_| None).collect();
+        let mut next = 0; // records mostly list the features in the schema's order: look there first
         sc.members(1, |key, sc| {
             // an undeclared feature: the events must not keep it (left to Python)
-            let k = self.names.iter().position(|name| name == key)?;
+            let k = if self.names.get(next).is_some_and(|name| name == key) {
+                next
+            } else {
+                self.names.iter().position(|name| name == key)?
+            };
+            next = k + 1;
             slots[k] = Some(sc.value(1)?);
             Some(true)
         })?;
@@ -280,6 +286,47 @@ impl Decoder {
         self.event_cls.bind(py).call1((id_object(py, &r.id), PyFloat::new(py, r.ts), feats, sv, pred))
     }
 
+    /// The joiner's pending-event entry of `r` (`(id, ts, offset, served_version,
+    /// prediction, *features in the decoder's name order)`, what `PartitionJoiner`
+    /// packs), made without the `Event` and its features dict; its values are atomic, so
+    /// it is left out of the cyclic garbage collector (as `entry::event_entry` does).
+    fn event_tuple<'py>(&self, py: Python<'py>, r: &EventRec, offset: &Bound<'py, PyAny>)
+                        -> PyResult<Bound<'py, PyTuple>> {
+        let mut items: Vec<Bound<'py, PyAny>> = Vec::with_capacity(5 + r.feats.len());
+        items.push(id_object(py, &r.id));
+        items.push(PyFloat::new(py, r.ts).into_any());
+        items.push(offset.clone());
+        items.push(match r.served_version {
+            Some(v) => v.into_pyobject(py)?.into_any(),
+            None => py.None().into_bound(py),
+        });
+        items.push(match &r.prediction {
+            Pred::None => py.None().into_bound(py),
+            Pred::F(x) => PyFloat::new(py, *x).into_any(),
+            Pred::S(x) => PyString::new(py, x).into_any(),
+        });
+        for f in &r.feats {
+            items.push(match f {
+                Feat::F(x) => PyFloat::new(py, *x).into_any(),
+                Feat::I(x) => x.into_pyobject(py)?.into_any(),
+                Feat::B(x) => x.into_pyobject(py)?.to_owned().into_any(),
+                Feat::S(x) => PyString::new(py, x).into_any(),
+            });
+        }
+        untracked(PyTuple::new(py, items)?)
+    }
+
+    /// The joiner's pending-label entry of `r`: `(id, ts, offset, label)`.
+    fn label_tuple<'py>(&self, py: Python<'py>, r: &LabelRec, offset: &Bound<'py, PyAny>)
+                        -> PyResult<Bound<'py, PyTuple>> {
+        let label = match &r.label {
+            Lab::B(x) => x.into_pyobject(py)?.to_owned().into_any(),
+            Lab::F(x) => PyFloat::new(py, *x).into_any(),
+            Lab::S(x) => PyString::new(py, x).into_any(),
+        };
+        untracked(PyTuple::new(py, [id_object(py, &r.id), PyFloat::new(py, r.ts).into_any(), offset.clone(), label])?)
+    }
+
     fn label_object<'py>(&self, py: Python<'py>, r: &LabelRec) -> PyResult<Bound<'py, PyAny>> {
         let label = match &r.label {
             Lab::B(x) => x.into_pyobject(py)?.to_owned().into_any(),
@@ -288,6 +335,14 @@ impl Decoder {
         };
         self.label_cls.bind(py).call1((id_object(py, &r.id), PyFloat::new(py, r.ts), label))
     }
+}
+
+/// `t`, out of the cyclic garbage collector: only for a tuple of atomic values (str,
+/// float, int, bool, None), which CPython's collector untracks at its first look anyway.
+fn untracked(t: Bound<'_, PyTuple>) -> PyResult<Bound<'_, PyTuple>> {
+    // SAFETY: `t` is a live tuple that holds no container, so no reference cycle can go through it.
+    unsafe { pyo3::ffi::PyObject_GC_UnTrack(t.as_ptr().cast()) };
+    Ok(t)
 }
 
 fn id_object<'py>(py: Python<'py>, id: &Id) -> Bound<'py, PyAny> {
@@ -337,6 +392,41 @@ impl Decoder {
     /// how many are None.
     fn events<'py>(&self, py: Python<'py>, values: &Bound<'py, PyList>) -> PyResult<(Bound<'py, PyList>, usize)> {
         batch(py, values, |b| self.event(b).map(|r| self.event_object(py, &r)).transpose())
+    }
+
+    /// The `PartitionMerger` items of a batch of polled messages of one topic partition
+    /// (`event`: the events topic), for `NativePartitionJoiner`: `(ts, (kind, entry,
+    /// offset, message))` per message, the record being the joiner's entry tuple itself
+    /// (no `Event` or `Label`); None in place of an item for a message not in the common
+    /// form, whose index is in the second list (to decode in Python).
+    #[pyo3(signature = (kind, messages, event))]
+    fn items<'py>(&self, py: Python<'py>, kind: &Bound<'py, PyAny>, messages: &Bound<'py, PyList>, event: bool)
+                  -> PyResult<(Bound<'py, PyList>, Vec<usize>)> {
+        let out = PyList::empty(py);
+        let mut missing = Vec::new();
+        for (i, m) in messages.iter().enumerate() {
+            let value = m.call_method0(pyo3::intern!(py, "value"))?;
+            let offset = m.call_method0(pyo3::intern!(py, "offset"))?;
+            let rec = match value.downcast::<PyBytes>() {
+                Ok(b) if event => match self.event(b.as_bytes()) {
+                    Some(r) => Some((r.ts, self.event_tuple(py, &r, &offset)?)),
+                    None => None,
+                },
+                Ok(b) => match self.label(b.as_bytes()) {
+                    Some(r) => Some((r.ts, self.label_tuple(py, &r, &offset)?)),
+                    None => None,
+                },
+                Err(_) => None,
+            };
+            match rec {
+                Some((ts, rec)) => out.append((ts, (kind, rec, offset, &m)))?,
+                None => {
+                    missing.push(i);
+                    out.append(py.None())?;
+                }
+            }
+        }
+        Ok((out, missing))
     }
 
     /// The labels of a batch of record values, like :meth:`events`.
