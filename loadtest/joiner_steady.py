@@ -25,6 +25,7 @@ measured in the same run.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from collections import Counter, defaultdict
@@ -137,11 +138,11 @@ def replay(cls: type, t: Topology, records: list, args: argparse.Namespace) -> t
             t3 = time.perf_counter()
         list(example_messages(out.rows, schema))
         t4 = time.perf_counter()
-        changes = joiner.drain_encoded()
+        changes = joiner.drain_encoded(writer.max_bytes)  # as the worker does
         t5 = time.perf_counter()
         size = joiner.pending + joiner.remembered
         snapshot = writer.snapshot_due(len(changes), size)
-        writer.records(changes, size, joiner.snapshot_encoded)
+        writer.records(changes, size, functools.partial(joiner.snapshot_encoded, writer.max_bytes))
         t6 = time.perf_counter()
         c = per_second[second]
         c["decode"] += t1 - t0

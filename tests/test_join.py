@@ -790,6 +790,12 @@ def drive(j: Any, ops: list[Any]) -> tuple[JoinOutput, list[Any]]:
             seen.append(j.oldest_deadline())
         elif op == "forget":
             seen.append((j.oldest_memory(), j.forget_oldest()))
+        elif op in ("packed", "packed snapshot"):  # the chunks the changelog writer takes
+            packed = j.drain_encoded(max_bytes=300) if op == "packed" else j.snapshot_encoded(max_bytes=300)
+            chunks = [orjson.loads(c) for c in packed.chunks]
+            assert all(len(c) <= 300 or len(orjson.loads(c)) == 1 for c in packed.chunks)
+            assert len(packed) == sum(map(len, chunks))
+            seen.append(sorted(pair for chunk in chunks for pair in chunk))
         else:
             seen.append(apply_op(j, op, out))
         seen.append((j.watermark, j.max_ts, j.pending_events, j.pending_labels, j.remembered))
@@ -817,7 +823,7 @@ def test_native_state_gives_what_the_reference_gives(inputs: list[Input], policy
     batches = split(inputs, data.draw(st.lists(st.integers(0, 10_000), min_size=1, max_size=8), label="cuts"))
     ops = [op for batch in batches
            for op in (batch, data.draw(st.sampled_from(["", "drain", "snapshot", "encoded", "capacity", "forget",
-                                                        6.0, 30.0]), label="op"))]
+                                                        "packed", "packed snapshot", 6.0, 30.0]), label="op"))]
     ref = drive(PartitionJoiner(0, spec(policy), clock=FakeClock()), ops)
     got = drive(joiner_module.NativePartitionJoiner(0, spec(policy), clock=FakeClock()), ops)
     assert_same_outputs(got[0], ref[0])

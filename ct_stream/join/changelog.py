@@ -74,7 +74,7 @@ import orjson
 
 from ct_stream.errors import CodecError, CtStreamError
 
-__all__ = ["ChangelogState", "ChangelogWriter", "read_changelog"]
+__all__ = ["ChangelogState", "ChangelogWriter", "PackedPairs", "pack_pairs", "read_changelog"]
 
 PROBE_KEY = b"\x00ct-stream-isolation-probe"
 """The key the transaction-isolation probe writes to the state topic (not ours)."""
@@ -99,6 +99,40 @@ class ChangelogState:
     """The keys of the live generation's chunks (tombstoned after the next marker)."""
     stale_keys: list[bytes] = field(default_factory=list)
     """Keys of other generations that still hold data (garbage from a crash)."""
+
+
+@dataclass(frozen=True)
+class PackedPairs:
+    """Encoded ``[key, value]`` pairs already packed into chunks (JSON arrays of pairs)
+    of at most a writer's ``max_bytes``, as :func:`pack_pairs` packs them: what the
+    joiners' ``drain_encoded(max_bytes)`` and ``snapshot_encoded(max_bytes)`` give, for
+    :meth:`ChangelogWriter.records`. ``len()`` is the number of pairs."""
+
+    chunks: list[bytes]
+    pairs: int
+
+    def __len__(self) -> int:
+        return self.pairs
+
+
+def pack_pairs(pairs: list[bytes], max_bytes: int) -> list[bytes]:
+    """Encoded ``[key, value]`` pairs as chunks (JSON arrays of them) of at most
+    ``max_bytes`` (a lone pair may exceed it), cut where the next pair does not fit.
+
+    >>> pack_pairs([b'["a",1]', b'["b",2]', b'["c",3]'], 18)
+    [b'[["a",1],["b",2]]', b'[["c",3]]']
+    """
+    out: list[bytes] = []
+    start, size = 0, 1
+    for k, pair in enumerate(pairs):
+        n = len(pair) + 1  # with its comma, or the closing bracket
+        if size + n > max_bytes and k > start:
+            out.append(b"[" + b",".join(pairs[start:k]) + b"]")
+            start, size = k, 1
+        size += n
+    if start < len(pairs):
+        out.append(b"[" + b",".join(pairs[start:]) + b"]")
+    return out
 
 
 class ChangelogWriter:
@@ -130,12 +164,13 @@ class ChangelogWriter:
         return bool(n_changes) and \
             self.delta_entries + n_changes >= max(self.min_entries, self.delta_ratio * joiner_state_size)
 
-    def records(self, changes: dict[str, Any] | list[bytes], joiner_state_size: int,
-                snapshot: Callable[[], dict[str, Any] | list[bytes]],
+    def records(self, changes: dict[str, Any] | list[bytes] | PackedPairs, joiner_state_size: int,
+                snapshot: Callable[[], dict[str, Any] | list[bytes] | PackedPairs],
                 allow_snapshot: bool = True) -> list[tuple[bytes, bytes | None]]:
         """The records for one commit: the delta chunks of ``changes`` (the joiner's
         :meth:`drain_changes`, already taken, or the encoded pairs of
-        :meth:`drain_encoded <ct_stream.join.PartitionJoiner.drain_encoded>`), or, once the
+        :meth:`drain_encoded <ct_stream.join.PartitionJoiner.drain_encoded>`, packed or
+        not: :class:`PackedPairs` of this writer's ``max_bytes``), or, once the
         delta entries since the last snapshot reach ``max(min_entries, delta_ratio *
         joiner_state_size)``, a snapshot (``snapshot()``, taken after the drain: a dict as
         :meth:`snapshot` gives, or encoded pairs as :meth:`snapshot_encoded` gives) with its
@@ -149,7 +184,8 @@ class ChangelogWriter:
             return self._snapshot_records(snapshot())
         out: list[tuple[bytes, bytes | None]] = []
         base = f"{self._prefix}{self.generation}|d|"
-        chunks = self._chunks(list(changes.items())) if isinstance(changes, dict) else self._pack(changes)
+        chunks = self._chunks(list(changes.items())) if isinstance(changes, dict) else \
+            changes.chunks if isinstance(changes, PackedPairs) else self._pack(changes)
         for chunk in chunks:
             key = f"{base}{self._next_delta}".encode()
             self._next_delta += 1
@@ -158,10 +194,11 @@ class ChangelogWriter:
         self.delta_entries += len(changes)
         return out
 
-    def _snapshot_records(self, snap: dict[str, Any] | list[bytes]) -> list[tuple[bytes, bytes | None]]:
+    def _snapshot_records(self, snap: dict[str, Any] | list[bytes] | PackedPairs) -> list[tuple[bytes, bytes | None]]:
         """Snapshot chunks of a new generation, its marker, then tombstones for the old keys."""
         gen = self._next_gen
-        chunks = self._chunks(list(snap.items())) if isinstance(snap, dict) else self._pack(snap)
+        chunks = self._chunks(list(snap.items())) if isinstance(snap, dict) else \
+            snap.chunks if isinstance(snap, PackedPairs) else self._pack(snap)
         keys = [f"{self._prefix}{gen}|s|{i}".encode() for i in range(len(chunks))]
         out: list[tuple[bytes, bytes | None]] = list(zip(keys, chunks))
         out.append(((self._prefix + "gen").encode(), orjson.dumps({"gen": gen, "chunks": len(chunks)})))
@@ -185,20 +222,10 @@ class ChangelogWriter:
         return out
 
     def _pack(self, pairs: list[bytes]) -> list[bytes]:
-        """Encoded ``[key, value]`` pairs as chunks (JSON arrays of them) of at most
-        ``max_bytes`` (a lone pair may exceed it): the bytes ``_chunks`` gives for the
-        decoded pairs, cut where the size says."""
-        out: list[bytes] = []
-        start, size, limit = 0, 1, self.max_bytes
-        for k, pair in enumerate(pairs):
-            n = len(pair) + 1  # with its comma, or the closing bracket
-            if size + n > limit and k > start:
-                out.append(b"[" + b",".join(pairs[start:k]) + b"]")
-                start, size = k, 1
-            size += n
-        if start < len(pairs):
-            out.append(b"[" + b",".join(pairs[start:]) + b"]")
-        return out
+        """Encoded ``[key, value]`` pairs as chunks of at most ``max_bytes``
+        (:func:`pack_pairs`): the bytes ``_chunks`` gives for the decoded pairs, cut where
+        the size says."""
+        return pack_pairs(pairs, self.max_bytes)
 
     def _encode(self, part: list[tuple[str, Any]], out: list[bytes]) -> int:
         """Append ``part``'s chunk(s) to ``out`` (halving while too big); return the bytes."""

@@ -102,6 +102,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, NamedTuple, 
 import orjson
 
 from ct_stream.errors import CodecError, CtStreamError, TopologyError
+from ct_stream.join.changelog import PackedPairs, pack_pairs
 from ct_stream.native import module as _native
 from ct_stream.records import Event, Label, Reason
 
@@ -970,11 +971,12 @@ class PartitionJoiner:
             changes[META_KEY] = meta
         return changes
 
-    def drain_encoded(self) -> dict[str, Any] | list[bytes]:
+    def drain_encoded(self, max_bytes: int | None = None) -> dict[str, Any] | list[bytes] | PackedPairs:
         """:meth:`drain_changes` for :meth:`ChangelogWriter.records
         <ct_stream.join.changelog.ChangelogWriter.records>`: with the native data path
         (docs/native.md), each ``[key, value]`` pair encoded as JSON straight from the
-        joiner's state, without the lists and dicts of :meth:`drain_changes` in between;
+        joiner's state, without the lists and dicts of :meth:`drain_changes` in between
+        (with ``max_bytes``, packed into the writer's chunks: :class:`PackedPairs`);
         without it (or for a value the native encoder does not take), :meth:`drain_changes`
         itself. The decoded pairs are the same either way."""
         pairs = None
@@ -986,7 +988,7 @@ class PartitionJoiner:
         meta = self._end_drain()
         if meta is not None:
             pairs.append(orjson.dumps((META_KEY, meta)))
-        return pairs  # type: ignore[no-any-return]
+        return pairs if max_bytes is None else PackedPairs(pack_pairs(pairs, max_bytes), len(pairs))
 
     def _end_drain(self) -> dict[str, Any] | None:
         """Start the next change log; the meta entry's value when it changed since the last drain."""
@@ -1044,7 +1046,7 @@ class PartitionJoiner:
         snap[META_KEY] = self._meta_value()
         return snap
 
-    def snapshot_encoded(self) -> dict[str, Any] | list[bytes]:
+    def snapshot_encoded(self, max_bytes: int | None = None) -> dict[str, Any] | list[bytes] | PackedPairs:
         """:meth:`snapshot` for :meth:`ChangelogWriter.records
         <ct_stream.join.changelog.ChangelogWriter.records>`, encoded natively as
         :meth:`drain_encoded` is (or :meth:`snapshot` itself); the same pairs either way."""
@@ -1055,7 +1057,7 @@ class PartitionJoiner:
         if pairs is None:  # the reference
             return self.snapshot()
         pairs.append(orjson.dumps((META_KEY, self._meta_value())))
-        return pairs  # type: ignore[no-any-return]
+        return pairs if max_bytes is None else PackedPairs(pack_pairs(pairs, max_bytes), len(pairs))
 
     def _by_deadline(self) -> list[tuple[Any, ...]]:
         """The wheel's entries (stale ones too) in (deadline, arrival) order: the
@@ -1264,15 +1266,25 @@ class NativePartitionJoiner:
             changes[META_KEY] = meta
         return changes
 
-    def drain_encoded(self) -> dict[str, Any] | list[bytes]:
-        """:meth:`drain_changes` as JSON pairs, encoded from the state in Rust (or
-        :meth:`drain_changes` itself for a value the native encoder does not take)."""
-        pairs = self._state.drain_encoded()
+    def drain_encoded(self, max_bytes: int | None = None) -> dict[str, Any] | list[bytes] | PackedPairs:
+        """:meth:`drain_changes` as JSON pairs, encoded from the state in Rust (with
+        ``max_bytes``, packed into chunks there too: :class:`PackedPairs`), or
+        :meth:`drain_changes` itself for a value the native encoder does not take."""
+        state = self._state
+        if max_bytes is not None:
+            meta = (state.max_ts, state.idle_watermark, state.seq, state.names)
+            extra = None if meta == self._drained_meta else orjson.dumps((META_KEY, self._meta_value()))
+            packed = state.drain_chunks(max_bytes, extra)
+            if packed is None:
+                return self.drain_changes()
+            self._drained_meta = meta
+            return PackedPairs(*packed)
+        pairs = state.drain_encoded()
         if pairs is None:
             return self.drain_changes()
-        meta = self._end_drain()
-        if meta is not None:
-            pairs.append(orjson.dumps((META_KEY, meta)))
+        meta_value = self._end_drain()
+        if meta_value is not None:
+            pairs.append(orjson.dumps((META_KEY, meta_value)))
         return pairs  # type: ignore[no-any-return]
 
     def snapshot(self) -> dict[str, Any]:
@@ -1281,8 +1293,12 @@ class NativePartitionJoiner:
         snap[META_KEY] = self._meta_value()
         return snap
 
-    def snapshot_encoded(self) -> dict[str, Any] | list[bytes]:
-        """:meth:`snapshot` as JSON pairs, encoded from the state in Rust."""
+    def snapshot_encoded(self, max_bytes: int | None = None) -> dict[str, Any] | list[bytes] | PackedPairs:
+        """:meth:`snapshot` as JSON pairs, encoded from the state in Rust (with
+        ``max_bytes``, packed as :meth:`drain_encoded` packs them)."""
+        if max_bytes is not None:
+            packed = self._state.snapshot_chunks(max_bytes, orjson.dumps((META_KEY, self._meta_value())))
+            return self.snapshot() if packed is None else PackedPairs(*packed)
         pairs = self._state.snapshot_encoded()
         if pairs is None:
             return self.snapshot()

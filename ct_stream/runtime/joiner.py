@@ -20,6 +20,7 @@ restart after ``kill -9``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -407,8 +408,9 @@ class JoinerWorker:
         snapshotted = False  # at most one partition snapshots per commit (a snapshot is O(state): a pause)
         for p, joiner in self.group.partitions.items():
             writer, generation = self._changelogs[p], self._changelogs[p].generation
-            for key, value in writer.records(joiner.drain_encoded(), joiner.pending + joiner.remembered,
-                                             joiner.snapshot_encoded, allow_snapshot=not snapshotted):
+            for key, value in writer.records(joiner.drain_encoded(writer.max_bytes), joiner.pending + joiner.remembered,
+                                             functools.partial(joiner.snapshot_encoded, writer.max_bytes),
+                                             allow_snapshot=not snapshotted):
                 changelog.append((t.state_topic, p, key, value))
             snapshotted = snapshotted or writer.generation != generation  # a snapshot starts a generation
         try:

@@ -103,6 +103,49 @@ fn live(map: &HashMap<Arc<str>, Slot>, d: &Due) -> bool {
     matches!(map.get(&d.id), Some(Slot::Event { seq, .. } | Slot::Label { seq, .. }) if *seq == d.seq)
 }
 
+/// Encoded `[key, value]` pairs packed into chunks (a JSON array of pairs each) of at
+/// most `limit` bytes, a lone pair bigger than that in a chunk of its own: the chunks
+/// `ChangelogWriter._pack` makes of the same pairs (ct_stream/join/changelog.py).
+struct Packer<'py> {
+    py: Python<'py>,
+    out: Bound<'py, PyList>,
+    chunk: Vec<u8>,
+    pairs: usize,
+    limit: usize,
+}
+
+impl<'py> Packer<'py> {
+    fn new(py: Python<'py>, limit: usize) -> Self {
+        Packer { py, out: PyList::empty(py), chunk: Vec::with_capacity(limit.min(1 << 20)), pairs: 0, limit }
+    }
+
+    fn push(&mut self, pair: &[u8]) -> PyResult<()> {
+        // the chunk's size with this pair: "[" and each pair with its comma or the "]"
+        if !self.chunk.is_empty() && self.chunk.len() + 1 + pair.len() + 1 > self.limit {
+            self.flush()?;
+        }
+        self.chunk.push(if self.chunk.is_empty() { b'[' } else { b',' });
+        self.chunk.extend_from_slice(pair);
+        self.pairs += 1;
+        Ok(())
+    }
+
+    fn flush(&mut self) -> PyResult<()> {
+        if !self.chunk.is_empty() {
+            self.chunk.push(b']');
+            self.out.append(pyo3::types::PyBytes::new(self.py, &self.chunk))?;
+            self.chunk.clear();
+        }
+        Ok(())
+    }
+
+    /// `(chunks, number of pairs)`.
+    fn finish(mut self) -> PyResult<(Bound<'py, PyList>, usize)> {
+        self.flush()?;
+        Ok((self.out, self.pairs))
+    }
+}
+
 /// An input's record: a decoded `Event` / `Label`, or the joiner's entry tuple packed by
 /// the decoder (`Decoder.items`), with whether it is in the joiner's own name order.
 #[derive(Clone, Copy)]
@@ -762,6 +805,53 @@ impl JoinState {
         }
         self.end_drain();
         Ok(Some(out))
+    }
+
+    /// `drain_encoded`'s pairs, then `extra` (the meta pair, when given), packed into
+    /// chunks of at most `max_bytes` (see `Packer`): `(chunks, pairs)`, or None as for
+    /// `drain_encoded`.
+    #[pyo3(signature = (max_bytes, extra=None))]
+    fn drain_chunks<'py>(&mut self, py: Python<'py>, max_bytes: usize, extra: Option<&[u8]>)
+                         -> PyResult<Option<(Bound<'py, PyList>, usize)>> {
+        let mut packer = Packer::new(py, max_bytes);
+        let mut buf = String::with_capacity(256);
+        for id in self.changed() {
+            write_key(&mut buf, &id);
+            let slot = self.map.get(&id);
+            if self.write_slot(py, &mut buf, slot, Self::slot_seq(slot)).is_none() {
+                return Ok(None);
+            }
+            buf.push(']');
+            packer.push(buf.as_bytes())?;
+        }
+        if let Some(extra) = extra {
+            packer.push(extra)?;
+        }
+        self.end_drain();
+        packer.finish().map(Some)
+    }
+
+    /// `snapshot_encoded`'s pairs, then `extra`, packed as `drain_chunks` packs them.
+    #[pyo3(signature = (max_bytes, extra=None))]
+    fn snapshot_chunks<'py>(&self, py: Python<'py>, max_bytes: usize, extra: Option<&[u8]>)
+                            -> PyResult<Option<(Bound<'py, PyList>, usize)>> {
+        let mut packer = Packer::new(py, max_bytes);
+        let mut buf = String::with_capacity(256);
+        let pending = self.snapshot_pending();
+        let done = self.map.iter().filter(|(_, s)| matches!(s, Slot::Done { .. }));
+        for (id, slot, seq) in pending.into_iter().map(|(id, s)| (id, self.map.get(id), Some(s)))
+            .chain(done.map(|(id, slot)| (id, Some(slot), None))) {
+            write_key(&mut buf, id);
+            if self.write_slot(py, &mut buf, slot, seq).is_none() {
+                return Ok(None);
+            }
+            buf.push(']');
+            packer.push(buf.as_bytes())?;
+        }
+        if let Some(extra) = extra {
+            packer.push(extra)?;
+        }
+        packer.finish().map(Some)
     }
 
     /// The change log as `(id, raw value)` pairs (see `raw_slot`), and the next log started.
