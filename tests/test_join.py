@@ -614,6 +614,12 @@ def test_output_does_not_depend_on_arrival_order_within_the_grace(sc: dict[str, 
 @PROPERTY
 @given(scenarios(reuse=True), st.data())
 def test_restore_from_the_changelog_continues_identically(sc: dict[str, Any], data: st.DataObject) -> None:
+    restore_scenario(sc, data, PartitionJoiner, PartitionJoiner)
+
+
+def restore_scenario(sc: dict[str, Any], data: st.DataObject, original_cls: Any, restored_cls: Any) -> None:
+    """Run a ``original_cls`` joiner through the scenario's batches up to a drawn point,
+    restore a ``restored_cls`` joiner from all it drained, and check that both go on alike."""
     inputs = arrange(sc["records"], sc["noises"][0])
     batches = split(inputs, data.draw(st.lists(st.integers(0, 10_000), min_size=1, max_size=12), label="cuts"))
     # between batches: nothing, a drain, or an idle tick (constant clock 0, so `now` is the
@@ -624,14 +630,14 @@ def test_restore_from_the_changelog_continues_identically(sc: dict[str, Any], da
         ops.append(data.draw(st.sampled_from(["", "drain", 2.0, 6.0, 9.0]), label="op"))
     at = data.draw(st.integers(0, len(ops)), label="restore point")
     policy = sc["policy"]
-    original = PartitionJoiner(0, spec(policy), clock=FakeClock())
+    original = original_cls(0, spec(policy), clock=FakeClock())
     changelog: list[tuple[str, Any]] = []
     for op in ops[:at]:
         changes = apply_op(original, op, JoinOutput())
         if changes is not None:
             changelog.extend(json_rt(changes).items())
     changelog.extend(json_rt(original.drain_changes()).items())
-    restored = PartitionJoiner.restore(0, spec(policy), changelog, clock=FakeClock())
+    restored = restored_cls.restore(0, spec(policy), changelog, clock=FakeClock())
     assert_continues_identically(original, restored, ops[at:])
 
 
@@ -836,25 +842,9 @@ def test_native_state_gives_what_the_reference_gives(inputs: list[Input], policy
 def test_native_and_reference_restore_each_others_changelog(sc: dict[str, Any], data: st.DataObject) -> None:
     """The change log is one format: a native joiner restored from a reference joiner's
     drains (and the other way round) continues exactly as the original."""
-    inputs = arrange(sc["records"], sc["noises"][0])
-    batches = split(inputs, data.draw(st.lists(st.integers(0, 10_000), min_size=1, max_size=12), label="cuts"))
-    ops: list[Any] = []
-    for batch in batches:
-        ops += [batch, data.draw(st.sampled_from(["", "drain", 2.0, 6.0, 9.0]), label="op")]
-    at = data.draw(st.integers(0, len(ops)), label="restore point")
-    native_first = data.draw(st.booleans(), label="the original is native")
     classes = [joiner_module.NativePartitionJoiner, PartitionJoiner]
-    original_cls, restored_cls = classes if native_first else classes[::-1]
-    policy = sc["policy"]
-    original = original_cls(0, spec(policy), clock=FakeClock())
-    changelog: list[tuple[str, Any]] = []
-    for op in ops[:at]:
-        changes = apply_op(original, op, JoinOutput())
-        if changes is not None:
-            changelog.extend(json_rt(changes).items())
-    changelog.extend(json_rt(original.drain_changes()).items())
-    restored = restored_cls.restore(0, spec(policy), changelog, clock=FakeClock())
-    assert_continues_identically(original, restored, ops[at:])
+    native_first = data.draw(st.booleans(), label="the original is native")
+    restore_scenario(sc, data, *(classes if native_first else classes[::-1]))
 
 
 @native_only
