@@ -82,6 +82,10 @@ Changelog
     horizons are recomputed from the timestamps with the spec given to ``restore``.
     The encoding and the Kafka record layout are :mod:`ct_stream.join.changelog`'s.
 
+:class:`NativePartitionJoiner` follows the same rules with its state in Rust (the
+native data path, docs/native.md); the worker uses it when the module is built
+(:func:`partition_joiner_class`), and the tests compare the two on the same inputs.
+
 The module is pure: no Kafka, no I/O, no threads, no global state; time only through
 the injected ``clock``.
 """
