@@ -107,7 +107,7 @@ def replay(cls: type, t: Topology, records: list, args: argparse.Namespace) -> t
     joiner, writer = cls(0, t.join), ChangelogWriter(0)
     # the native joiner takes the entries the native decoder packs from the messages (as the worker does)
     items = schema._native_decoder.items if cls is NativePartitionJoiner else None
-    names = tuple(n for n, _ in schema._plan)
+    names = tuple(schema.features)
     per_second: dict[int, Counter[str]] = defaultdict(Counter)
     counts: Counter[int] = Counter()
     step = max(1, int(args.rate * 1.7 * args.commit_every))  # events and labels per micro-batch

@@ -813,7 +813,7 @@ def drive(j: Any, ops: list[Any]) -> tuple[JoinOutput, list[Any]]:
 
 def assert_same_outputs(a: JoinOutput, b: JoinOutput) -> None:
     assert a.examples == b.examples
-    assert [r[:2] + r[2:] for r in a.rows] == [r[:2] + r[2:] for r in b.rows]  # rows themselves, names included
+    assert a.rows == b.rows  # the rows themselves: entries and names tuples included
     assert a.dead_letters == b.dead_letters
     assert [(d.detail, d.record, d.source) for d in a.dead_letters] == \
         [(d.detail, d.record, d.source) for d in b.dead_letters]
@@ -859,9 +859,19 @@ def test_native_encoded_drain_decodes_to_the_reference_drain() -> None:
     assert nat.drain_encoded() == [] and ref.drain_changes() == {}
 
 
-def test_the_runtime_uses_the_native_state_when_it_is_built() -> None:
-    cls = joiner_module.partition_joiner_class()
-    assert cls is (PartitionJoiner if joiner_module._native is None else joiner_module.NativePartitionJoiner)
+def test_the_worker_joins_with_the_native_state_when_it_is_built() -> None:
+    """With the module the worker restores into the native joiner and feeds it the
+    decoder's packed entries (in the schema's feature order); without it, the reference."""
+    from ct_stream.runtime.joiner import JoinerWorker
+    from ct_stream.topology import Topology
+
+    t = Topology(name="w", events_topic="w.events", labels_topic="w.labels", features={"b": "float", "a": "int"},
+                 label_type="binary")
+    worker = JoinerWorker(t, "127.0.0.1:9")  # nothing connects before setup()
+    native = joiner_module._native is not None
+    assert joiner_module.partition_joiner_class() is \
+        (joiner_module.NativePartitionJoiner if native else PartitionJoiner)
+    assert (worker._items is not None) == native and worker._entry_names == ("b", "a")
 
 
 class FakeMessage:
@@ -909,7 +919,7 @@ def test_entry_records_from_the_decoder_join_as_the_decoded_records(inputs: list
 
     schema = RecordSchema(features={"x": "float", "n": "int", "c": "str"}, label_type="binary")
     decoder = schema._native_decoder
-    names = tuple(n for n, _ in schema._plan)
+    names = tuple(schema.features)
     packed: list[Any] = []
     for x in inputs:
         value = encode_event(x.record, schema) if x.kind == "event" else encode_label(x.record, schema)

@@ -260,6 +260,26 @@ class JoinOutput:
         self.dead_letters.extend(other.dead_letters)
 
 
+def _late_letter(kind: str, partition: int, offset: int, rec: Event | Label, source: Any, wm: float,
+                 max_ts: float, grace: float) -> DeadLetter:
+    """The dead letter of a record behind the watermark (step 1)."""
+    return DeadLetter(kind, partition, offset, Reason.LATE,  # type: ignore[arg-type]
+                      f"{kind} {rec.id!r}: ts {rec.ts!r} is behind the partition watermark {wm!r} "
+                      f"(newest ts {max_ts!r}, grace {grace!r}s)", rec, source)
+
+
+def _expiry_letter(e: tuple[Any, ...], event: bool, partition: int, delay: float, capacity: bool,
+                   features: Callable[[tuple[Any, ...]], dict[str, Any]]) -> DeadLetter:
+    """The dead letter of pending entry ``e`` expired (step 4, or early for ``capacity``):
+    an event under the ``dlq`` policy, or a label whose event never came."""
+    why = "max_pending reached: expired early" if capacity else f"no match within max_label_delay {delay!r}s"
+    if event:
+        return DeadLetter("event", partition, e[2], Reason.EXPIRED, f"event {e[0]!r}: no label; {why}",
+                          Event(e[0], e[1], features(e), e[3], e[4]))
+    return DeadLetter("label", partition, e[2], Reason.UNKNOWN_ID, f"label {e[0]!r}: no event; {why}",
+                      Label(e[0], e[1], e[3]))
+
+
 def _check_spec(spec: JoinSpec) -> None:
     if spec.timeout_policy not in ("negative", "drop", "dlq"):
         raise TopologyError("join.timeout_policy", spec.timeout_policy, "one of 'negative', 'drop', 'dlq'")
@@ -805,10 +825,8 @@ class PartitionJoiner:
 
     def _late(self, kind: str, rec: Event | Label, offset: int, out: JoinOutput, source: Any) -> None:
         self.counts["late"] += 1
-        out.dead_letters.append(DeadLetter(
-            kind, self.partition, offset, Reason.LATE,  # type: ignore[arg-type]
-            f"{kind} {rec.id!r}: ts {rec.ts!r} is behind the partition watermark {self._wm!r} "
-            f"(newest ts {self._max_ts!r}, grace {self._grace!r}s)", rec, source))
+        out.dead_letters.append(_late_letter(kind, self.partition, offset, rec, source, self._wm, self._max_ts,
+                                             self._grace))
 
     def _expire(self, out: JoinOutput) -> None:
         """Step 4: expire pending entries, then forget done entries, with deadline < watermark."""
@@ -882,22 +900,16 @@ class PartitionJoiner:
         else:
             bucket.append(i)
 
-    def _why(self, capacity: bool) -> str:
-        """Why an entry expired, for the detail of its dead letter."""
-        return "max_pending reached: expired early" if capacity else \
-            f"no match within max_label_delay {self._delay!r}s"
-
     def _expire_entry(self, e: tuple[Any, ...], out: JoinOutput, capacity: bool) -> None:
         """Expire the live pending entry ``e`` (already taken off the front); ``capacity``:
         early, at ``max_pending``."""
-        i, ts, offset = e[0], e[1], e[2]
+        i, ts = e[0], e[1]
         counts = self.counts
         self._log.append(i)
         if self._events.get(i) is not e:
             del self._labels[i]
             counts["unknown_id"] += 1
-            out.dead_letters.append(DeadLetter("label", self.partition, offset, Reason.UNKNOWN_ID,
-                                               f"label {i!r}: no event; {self._why(capacity)}", Label(i, ts, e[3])))
+            out.dead_letters.append(_expiry_letter(e, False, self.partition, self._delay, capacity, self._features))
             return
         del self._events[i]
         policy = self._policy
@@ -911,9 +923,7 @@ class PartitionJoiner:
             state = _DROPPED
         else:
             counts["expired_dlq"] += 1
-            out.dead_letters.append(DeadLetter("event", self.partition, offset, Reason.EXPIRED,
-                                               f"event {i!r}: no label; {self._why(capacity)}",
-                                               Event(i, ts, self._features(e), e[3], e[4])))
+            out.dead_letters.append(_expiry_letter(e, True, self.partition, self._delay, capacity, self._features))
             state = _DEAD_LETTERED
         self._done[i] = (state, ts, kept)  # == self._remember(...)
         k = int((ts + self._horizon) // self._bucket_width)
@@ -1028,21 +1038,20 @@ class PartitionJoiner:
         snap: dict[str, Any] = {}
         rank = 0
         # every live pending entry once, in (deadline, arrival) order
-        for bucket in [self._by_deadline()]:
-            for e in bucket:
-                i = e[0]
-                key = "\x00" + i if i[:1] == "\x00" else i
-                if events.get(i) is e:
-                    tag = "e"
-                elif labels.get(i) is e:
-                    tag = "l"
-                else:
-                    continue  # stale (joined or expired since)
-                s = fresh.get(i)
-                if s is None:
-                    s, rank = rank, rank + 1
-                snap[key] = ["e", s, e[2], e[1], features(e), e[3], e[4]] if tag == "e" else \
-                    ["l", s, e[2], e[1], e[3]]
+        for e in self._by_deadline():
+            i = e[0]
+            key = _key(i)
+            if events.get(i) is e:
+                tag = "e"
+            elif labels.get(i) is e:
+                tag = "l"
+            else:
+                continue  # stale (joined or expired since)
+            s = fresh.get(i)
+            if s is None:
+                s, rank = rank, rank + 1
+            snap[key] = ["e", s, e[2], e[1], features(e), e[3], e[4]] if tag == "e" else \
+                ["l", s, e[2], e[1], e[3]]
         done, tup, joined = self._done, tuple, _JOINED
         escape = "\x00" in "".join(done)  # as in drain_changes
         snap.update({("\x00" + i if escape and i[:1] == "\x00" else i): ["d", joined, d] if type(d) is not tup
@@ -1056,7 +1065,7 @@ class PartitionJoiner:
         :meth:`drain_encoded` is (or :meth:`snapshot` itself); the same pairs either way."""
         pairs = None
         if _native is not None:
-            pairs = _native.encode_snapshot(self._by_deadline(), 0, {}, self._log, self._log_seq,
+            pairs = _native.encode_snapshot(self._by_deadline(), self._log, self._log_seq,
                                             self._events, self._labels, self._done, _OWN_NAMES, _JOINED)
         if pairs is None:  # the reference
             return self.snapshot()
@@ -1232,28 +1241,16 @@ class NativePartitionJoiner:
     def _output(self, rows: list[ExampleRow], dead: list[tuple[Any, ...]]) -> JoinOutput:
         """The :class:`JoinOutput` of the state's rows and dead-letter tuples (see native/src/joinstate.rs)."""
         out = JoinOutput(rows)
-        if dead:
-            p, letters = self.partition, out.dead_letters
-            why = ("no match within max_label_delay {!r}s".format(self._delay), "max_pending reached: expired early")
-            for d in dead:
-                if d[0] == 0:  # late: (0, input, watermark, max_ts)
-                    kind, rec, offset, source = d[1]
-                    if type(rec) is tuple:  # an entry record (see process)
-                        rec = Event(rec[0], rec[1], self._features(rec), rec[3], rec[4]) if kind == "event" \
-                            else Label(rec[0], rec[1], rec[3])
-                    letters.append(DeadLetter(
-                        kind, p, offset, Reason.LATE,
-                        f"{kind} {rec.id!r}: ts {rec.ts!r} is behind the partition watermark {d[2]!r} "
-                        f"(newest ts {d[3]!r}, grace {self._grace!r}s)", rec, source))
-                elif d[0] == 1:  # a label without its event: (1, entry, capacity)
-                    e = d[1]
-                    letters.append(DeadLetter("label", p, e[2], Reason.UNKNOWN_ID,
-                                              f"label {e[0]!r}: no event; {why[d[2]]}", Label(e[0], e[1], e[3])))
-                else:  # an event expired under dlq: (2, entry, capacity)
-                    e = d[1]
-                    letters.append(DeadLetter("event", p, e[2], Reason.EXPIRED,
-                                              f"event {e[0]!r}: no label; {why[d[2]]}",
-                                              Event(e[0], e[1], self._features(e), e[3], e[4])))
+        p, letters = self.partition, out.dead_letters
+        for d in dead:
+            if d[0] == 0:  # late: (0, input, watermark, max_ts)
+                kind, rec, offset, source = d[1]
+                if type(rec) is tuple:  # an entry record (see process)
+                    rec = Event(rec[0], rec[1], self._features(rec), rec[3], rec[4]) if kind == "event" \
+                        else Label(rec[0], rec[1], rec[3])
+                letters.append(_late_letter(kind, p, offset, rec, source, d[2], d[3], self._grace))
+            else:  # (1, label entry, capacity): no event came; (2, event entry, capacity): dlq
+                letters.append(_expiry_letter(d[1], d[0] == 2, p, self._delay, d[2], self._features))
         return out
 
     def _features(self, e: tuple[Any, ...]) -> dict[str, Any]:
@@ -1274,22 +1271,13 @@ class NativePartitionJoiner:
         """:meth:`drain_changes` as JSON pairs, encoded from the state in Rust (with
         ``max_bytes``, packed into chunks there too: :class:`PackedPairs`), or
         :meth:`drain_changes` itself for a value the native encoder does not take."""
-        state = self._state
-        if max_bytes is not None:
-            meta = (state.max_ts, state.idle_watermark, state.seq, state.names)
-            extra = None if meta == self._drained_meta else orjson.dumps((META_KEY, self._meta_value()))
-            packed = state.drain_chunks(max_bytes, extra)
-            if packed is None:
-                return self.drain_changes()
-            self._drained_meta = meta
-            return PackedPairs(*packed)
-        pairs = state.drain_encoded()
-        if pairs is None:
+        meta = self._meta_key()
+        extra = None if meta == self._drained_meta else orjson.dumps((META_KEY, self._meta_value()))
+        got = self._state.drain_encoded(max_bytes, extra)
+        if got is None:
             return self.drain_changes()
-        meta_value = self._end_drain()
-        if meta_value is not None:
-            pairs.append(orjson.dumps((META_KEY, meta_value)))
-        return pairs  # type: ignore[no-any-return]
+        self._drained_meta = meta
+        return got[0] if max_bytes is None else PackedPairs(*got)
 
     def snapshot(self) -> dict[str, Any]:
         """The whole state as changelog entries (:meth:`PartitionJoiner.snapshot`)."""
@@ -1300,14 +1288,10 @@ class NativePartitionJoiner:
     def snapshot_encoded(self, max_bytes: int | None = None) -> dict[str, Any] | list[bytes] | PackedPairs:
         """:meth:`snapshot` as JSON pairs, encoded from the state in Rust (with
         ``max_bytes``, packed as :meth:`drain_encoded` packs them)."""
-        if max_bytes is not None:
-            packed = self._state.snapshot_chunks(max_bytes, orjson.dumps((META_KEY, self._meta_value())))
-            return self.snapshot() if packed is None else PackedPairs(*packed)
-        pairs = self._state.snapshot_encoded()
-        if pairs is None:
+        got = self._state.snapshot_encoded(max_bytes, orjson.dumps((META_KEY, self._meta_value())))
+        if got is None:
             return self.snapshot()
-        pairs.append(orjson.dumps((META_KEY, self._meta_value())))
-        return pairs  # type: ignore[no-any-return]
+        return got[0] if max_bytes is None else PackedPairs(*got)
 
     @staticmethod
     def _value(raw: tuple[Any, ...] | None) -> list[Any] | None:
@@ -1322,9 +1306,13 @@ class NativePartitionJoiner:
             return ["l", raw[1], e[2], e[1], e[3]]
         return ["d", _JOINED, raw[2]] if raw[1] == _JOINED else _done_value((raw[1], raw[2], raw[3]))
 
-    def _end_drain(self) -> dict[str, Any] | None:
+    def _meta_key(self) -> tuple[float, float, int, tuple[str, ...] | None]:
+        """What the meta entry holds: a drain writes it when this changed since the last one."""
         state = self._state
-        meta = (state.max_ts, state.idle_watermark, state.seq, state.names)
+        return state.max_ts, state.idle_watermark, state.seq, state.names
+
+    def _end_drain(self) -> dict[str, Any] | None:
+        meta = self._meta_key()
         if meta == self._drained_meta:
             return None
         self._drained_meta = meta
@@ -1359,9 +1347,8 @@ class NativePartitionJoiner:
         self._state.restore_pending(event, e)
 
     def _restore_meta(self, max_ts: float, idle_wm: float, seq: int) -> None:
-        state = self._state
-        state.restore_meta(max_ts, idle_wm, seq)
-        self._drained_meta = (state.max_ts, state.idle_watermark, state.seq, state.names)
+        self._state.restore_meta(max_ts, idle_wm, seq)
+        self._drained_meta = self._meta_key()
 
 
 def _key(i: str) -> str:

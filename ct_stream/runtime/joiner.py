@@ -93,7 +93,7 @@ class JoinerWorker:
         decoder = topology.record_schema._native_decoder
         native = decoder is not None and partition_joiner_class() is NativePartitionJoiner
         self._items: Callable[..., tuple[list[Any], list[int]]] | None = decoder.items if native else None
-        self._entry_names = tuple(n for n, _ in topology.record_schema._plan)
+        self._entry_names = tuple(topology.record_schema.features)
 
     # Setup ---------------------------------------------------------------------------
     def setup(self) -> None:
@@ -206,7 +206,6 @@ class JoinerWorker:
 
     def _process(self, msgs: list[Any], at_end: list[tuple[str, int]]) -> None:
         t = self.t
-        schema = t.record_schema
         grouped: dict[tuple[str, int], list[Any]] = defaultdict(list)
         for m in msgs:
             grouped[(m.topic(), m.partition())].append(m)
@@ -216,32 +215,7 @@ class JoinerWorker:
             if merger is None:
                 continue  # polled just before its partition was revoked: the new owner re-reads it
             kind = "event" if topic == t.events_topic else "label"
-            if self._items is not None:  # the native decoder packs the joiner's entries itself
-                items, missing = self._items(kind, tp_msgs, kind == "event")
-                if missing:
-                    self._decode_missing(kind, tp_msgs, items, missing, p)
-                merger.add(kind, items)  # type: ignore[arg-type]
-                self.metrics.child(self.metrics.records, kind).inc(len(tp_msgs))
-                touched.add(p)
-                continue
-            decode = decode_events if kind == "event" else decode_labels
-            good, rejects = decode([m.value() for m in tp_msgs], schema, [m.timestamp()[1] for m in tp_msgs])
-            # an item: (ts, joiner input (kind, record, offset, message)); a reject has no ts
-            if rejects:
-                self._rejects_held[p] += len(rejects)
-                bad = dict(rejects)
-                it = iter(good)
-                items: list[tuple[float | None, tuple[str, Any, int, Any]]] = []
-                for i, m in enumerate(tp_msgs):
-                    reject = bad.get(i)
-                    if reject is not None:
-                        items.append((None, (kind, reject, m.offset(), m)))
-                    else:
-                        record = next(it)
-                        items.append((record.ts, (kind, record, m.offset(), m)))
-            else:
-                items = [(r.ts, (kind, r, m.offset(), m)) for r, m in zip(good, tp_msgs)]
-            merger.add(kind, items)  # type: ignore[arg-type]
+            merger.add(kind, self._merger_items(kind, tp_msgs, p))  # type: ignore[arg-type]
             self.metrics.child(self.metrics.records, kind).inc(len(tp_msgs))
             touched.add(p)
         for topic, p in at_end:
@@ -253,18 +227,35 @@ class JoinerWorker:
             self._release(p)
             self._backpressure(p)
 
-    def _decode_missing(self, kind: str, msgs: list[Any], items: list[Any], missing: list[int], p: int) -> None:
-        """Fill in the items the native decoder left to Python (``None`` at ``missing``):
-        the record decoded here, or its reject (a reject has no ts)."""
-        decode_one = decode_event if kind == "event" else decode_label
-        for i in missing:
-            m = msgs[i]
-            record = decode_one(m.value(), self.t.record_schema, m.timestamp()[1])
-            if record.__class__ is Reject:
-                self._rejects_held[p] += 1
-                items[i] = (None, (kind, record, m.offset(), m))
+    def _merger_items(self, kind: str, msgs: list[Any], p: int) -> list[tuple[float | None, tuple[str, Any, int, Any]]]:
+        """The merger items of one topic partition's polled messages: ``(ts, joiner input
+        (kind, record, offset, message))``, a reject with ts ``None`` (counted as held)."""
+        if self._items is not None:  # the native decoder packs the joiner's entries itself
+            items, missing = self._items(kind, msgs, kind == "event")
+            decode_one = decode_event if kind == "event" else decode_label
+            for i in missing:  # not in the common form: decoded here
+                m = msgs[i]
+                record = decode_one(m.value(), self.t.record_schema, m.timestamp()[1])
+                reject = record.__class__ is Reject
+                self._rejects_held[p] += reject
+                items[i] = (None if reject else record.ts, (kind, record, m.offset(), m))
+            return items  # type: ignore[no-any-return]
+        decode = decode_events if kind == "event" else decode_labels
+        good, rejects = decode([m.value() for m in msgs], self.t.record_schema, [m.timestamp()[1] for m in msgs])
+        if not rejects:
+            return [(r.ts, (kind, r, m.offset(), m)) for r, m in zip(good, msgs)]
+        self._rejects_held[p] += len(rejects)
+        bad = dict(rejects)
+        it = iter(good)
+        items: list[tuple[float | None, tuple[str, Any, int, Any]]] = []
+        for i, m in enumerate(msgs):
+            reject = bad.get(i)
+            if reject is not None:
+                items.append((None, (kind, reject, m.offset(), m)))
             else:
-                items[i] = (record.ts, (kind, record, m.offset(), m))
+                record = next(it)
+                items.append((record.ts, (kind, record, m.offset(), m)))
+        return items
 
     def _unblock(self) -> None:
         """Release records that wait for a topic which has nothing more to give.

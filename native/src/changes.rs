@@ -226,7 +226,7 @@ fn id_str<'a>(i: &'a Bound<'_, PyAny>) -> Option<&'a str> {
     i.downcast_exact::<PyString>().ok()?.to_str().ok()
 }
 
-pub(crate) fn finish(py: Python<'_>, out: &Bound<'_, PyList>, buf: &mut String) -> PyResult<()> {
+fn finish(py: Python<'_>, out: &Bound<'_, PyList>, buf: &mut String) -> PyResult<()> {
     buf.push(']');
     out.append(PyBytes::new(py, buf.as_bytes()))
 }
@@ -275,15 +275,14 @@ pub fn encode_changes<'py>(py: Python<'py>, log: &Bound<'py, PyList>, log_seq: i
 }
 
 /// The `[key, value]` pairs of the whole state but the meta entry (see
-/// `PartitionJoiner.snapshot`): every live pending entry once, in (deadline, arrival)
-/// order (the unconsumed front, then the wheel's buckets by key), then every done
+/// `PartitionJoiner.snapshot`): every live pending entry of `entries` (the joiner's
+/// pending entries in (deadline, arrival) order, stale ones too) once, then every done
 /// entry. `None` when some value is not one this encoder takes.
 #[pyfunction]
-#[pyo3(signature = (front, front_pos, wheel, log, log_seq, events, labels, done, own, joined))]
+#[pyo3(signature = (entries, log, log_seq, events, labels, done, own, joined))]
 #[allow(clippy::too_many_arguments)]
-pub fn encode_snapshot<'py>(py: Python<'py>, front: &Bound<'py, PyList>, front_pos: usize, wheel: &Bound<'py, PyDict>,
-                            log: &Bound<'py, PyList>, log_seq: i64, events: &Bound<'py, PyDict>,
-                            labels: &Bound<'py, PyDict>, done: &Bound<'py, PyDict>, own: &Bound<'py, PyAny>,
+pub fn encode_snapshot<'py>(py: Python<'py>, entries: &Bound<'py, PyList>, log: &Bound<'py, PyList>, log_seq: i64,
+                            events: &Bound<'py, PyDict>, labels: &Bound<'py, PyDict>, done: &Bound<'py, PyDict>, own: &Bound<'py, PyAny>,
                             joined: &str) -> PyResult<Option<Bound<'py, PyList>>> {
     // id -> sequence number, for the live entries not drained yet
     let fresh = PyDict::new(py);
@@ -303,37 +302,27 @@ pub fn encode_snapshot<'py>(py: Python<'py>, front: &Bound<'py, PyList>, front_p
             seq += 1;
         }
     }
-    let mut keys: Vec<i64> = wheel.keys().iter().map(|k| k.extract()).collect::<PyResult<_>>()?;
-    keys.sort_unstable();
-    let mut buckets: Vec<Bound<'py, PyList>> = vec![front.get_slice(front_pos, front.len())];
-    for k in keys {
-        let Some(b) = wheel.get_item(k)? else { return Ok(None) };
-        let Ok(b) = b.downcast_into::<PyList>() else { return Ok(None) };
-        buckets.push(b);
-    }
     let out = PyList::empty(py);
     let mut buf = String::with_capacity(256);
     let mut rank: i64 = 0;
-    for bucket in &buckets {
-        for e in bucket.iter() {
-            let Ok(e) = e.downcast_exact::<PyTuple>() else { return Ok(None) };
-            let Some(event) = held(e)? else { continue }; // stale: joined or expired since
-            let i = e.get_item(0)?;
-            let Some(id) = id_str(&i) else { return Ok(None) };
-            let s = match fresh.get_item(&i)? {
-                Some(s) => s.extract::<i64>()?,
-                None => {
-                    let r = rank; // the older entries: numbered in (deadline, arrival) order
-                    rank += 1;
-                    r
-                }
-            };
-            write_key(&mut buf, id);
-            if write_pending(&mut buf, event, Some(s), e, own).is_none() {
-                return Ok(None);
+    for e in entries.iter() {
+        let Ok(e) = e.downcast_exact::<PyTuple>() else { return Ok(None) };
+        let Some(event) = held(e)? else { continue }; // stale: joined or expired since
+        let i = e.get_item(0)?;
+        let Some(id) = id_str(&i) else { return Ok(None) };
+        let s = match fresh.get_item(&i)? {
+            Some(s) => s.extract::<i64>()?,
+            None => {
+                let r = rank; // the older entries: numbered in (deadline, arrival) order
+                rank += 1;
+                r
             }
-            finish(py, &out, &mut buf)?;
+        };
+        write_key(&mut buf, id);
+        if write_pending(&mut buf, event, Some(s), e, own).is_none() {
+            return Ok(None);
         }
+        finish(py, &out, &mut buf)?;
     }
     for (i, d) in done.iter() {
         let Some(id) = id_str(&i) else { return Ok(None) };

@@ -25,7 +25,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyFloat, PyList, PyString, PyTuple};
 
-use crate::changes::{finish, write_event, write_key, write_pending, write_str};
+use crate::changes::{write_event, write_key, write_pending, write_str};
 use crate::entry::event_entry;
 
 const JOINED: u8 = 0;
@@ -105,28 +105,33 @@ fn live(map: &HashMap<Arc<str>, Slot>, d: &Due) -> bool {
 
 /// Encoded `[key, value]` pairs packed into chunks (a JSON array of pairs each) of at
 /// most `limit` bytes, a lone pair bigger than that in a chunk of its own: the chunks
-/// `ChangelogWriter._pack` makes of the same pairs (ct_stream/join/changelog.py).
+/// `pack_pairs` makes of the same pairs (ct_stream/join/changelog.py). Without a limit,
+/// each pair is its own bytes object, not packed.
 struct Packer<'py> {
     py: Python<'py>,
     out: Bound<'py, PyList>,
     chunk: Vec<u8>,
     pairs: usize,
-    limit: usize,
+    limit: Option<usize>,
 }
 
 impl<'py> Packer<'py> {
-    fn new(py: Python<'py>, limit: usize) -> Self {
-        Packer { py, out: PyList::empty(py), chunk: Vec::with_capacity(limit.min(1 << 20)), pairs: 0, limit }
+    fn new(py: Python<'py>, limit: Option<usize>) -> Self {
+        let capacity = limit.unwrap_or(0).min(1 << 20);
+        Packer { py, out: PyList::empty(py), chunk: Vec::with_capacity(capacity), pairs: 0, limit }
     }
 
     fn push(&mut self, pair: &[u8]) -> PyResult<()> {
+        self.pairs += 1;
+        let Some(limit) = self.limit else {
+            return self.out.append(pyo3::types::PyBytes::new(self.py, pair));
+        };
         // the chunk's size with this pair: "[" and each pair with its comma or the "]"
-        if !self.chunk.is_empty() && self.chunk.len() + 1 + pair.len() + 1 > self.limit {
+        if !self.chunk.is_empty() && self.chunk.len() + 1 + pair.len() + 1 > limit {
             self.flush()?;
         }
         self.chunk.push(if self.chunk.is_empty() { b'[' } else { b',' });
         self.chunk.extend_from_slice(pair);
-        self.pairs += 1;
         Ok(())
     }
 
@@ -139,12 +144,16 @@ impl<'py> Packer<'py> {
         Ok(())
     }
 
-    /// `(chunks, number of pairs)`.
+    /// `(chunks or pairs, number of pairs)`.
     fn finish(mut self) -> PyResult<(Bound<'py, PyList>, usize)> {
         self.flush()?;
         Ok((self.out, self.pairs))
     }
 }
+
+/// A change-log pair before encoding: the key's id, its slot (None: no longer held), and
+/// a pending entry's sequence number.
+type Row<'a> = (&'a str, Option<&'a Slot>, Option<u64>);
 
 /// An input's record: a decoded `Event` / `Label`, or the joiner's entry tuple packed by
 /// the decoder (`Decoder.items`), with whether it is in the joiner's own name order.
@@ -283,6 +292,15 @@ impl JoinState {
                 }
             }
         }
+        self.own_entry(py, id, ts, offset, sv, pred, features)
+    }
+
+    /// An event entry that keeps its own features dict: `(id, ts, offset, served_version,
+    /// prediction, <own-names marker>, features)`.
+    #[allow(clippy::too_many_arguments)]
+    fn own_entry<'py>(&self, py: Python<'py>, id: &Bound<'py, PyAny>, ts: &Bound<'py, PyAny>,
+                      offset: &Bound<'py, PyAny>, sv: &Bound<'py, PyAny>, pred: &Bound<'py, PyAny>,
+                      features: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyTuple>> {
         PyTuple::new(py, [id, ts, offset, sv, pred, self.own.bind(py), features])
     }
 
@@ -338,7 +356,7 @@ impl JoinState {
         if pending_label {
             let Some(Slot::Label { entry: pl, ts: lts, .. }) = slot else { unreachable!("a pending label") };
             let pl = pl.bind(py);
-            let entry = PyTuple::new(py, [id_obj, ts_obj, offset, &sv, &pred, self.own.bind(py), &features])?;
+            let entry = self.own_entry(py, id_obj, ts_obj, offset, &sv, &pred, &features)?;
             let label_ts = pl.get_item(1)?;
             let row = self.row(py, entry.as_any(), py.None(), &label_ts, &pl.get_item(3)?,
                                intern!(py, "joined"))?;
@@ -599,6 +617,46 @@ impl JoinState {
         out
     }
 
+    fn change_rows<'a>(&'a self, changed: &'a [Arc<str>]) -> Vec<Row<'a>> {
+        changed.iter().map(|id| {
+            let slot = self.map.get(id);
+            (&**id, slot, Self::slot_seq(slot))
+        }).collect()
+    }
+
+    fn snapshot_rows(&self) -> Vec<Row<'_>> {
+        let pending = self.snapshot_pending().into_iter().map(|(id, s)| (&**id, self.map.get(id), Some(s)));
+        let done = self.map.iter().filter(|(_, s)| matches!(s, Slot::Done { .. }));
+        pending.chain(done.map(|(id, slot)| (&**id, Some(slot), None))).collect()
+    }
+
+    /// `rows` as JSON pairs, then `extra` (see `drain_encoded`).
+    fn encode_rows<'py>(&self, py: Python<'py>, rows: Vec<Row<'_>>, max_bytes: Option<usize>, extra: Option<&[u8]>)
+                        -> PyResult<Option<(Bound<'py, PyList>, usize)>> {
+        let mut packer = Packer::new(py, max_bytes);
+        let mut buf = String::with_capacity(256);
+        for (id, slot, seq) in rows {
+            write_key(&mut buf, id);
+            if self.write_slot(py, &mut buf, slot, seq).is_none() {
+                return Ok(None);
+            }
+            buf.push(']');
+            packer.push(buf.as_bytes())?;
+        }
+        if let Some(extra) = extra {
+            packer.push(extra)?;
+        }
+        packer.finish().map(Some)
+    }
+
+    fn raw_rows<'py>(&self, py: Python<'py>, rows: Vec<Row<'_>>) -> PyResult<Bound<'py, PyList>> {
+        let out = PyList::empty(py);
+        for (id, slot, seq) in rows {
+            out.append((id, self.raw_slot(py, slot, seq)?))?;
+        }
+        Ok(out)
+    }
+
     fn end_drain(&mut self) {
         self.log.clear();
         self.log_seq = self.seq;
@@ -789,119 +847,41 @@ impl JoinState {
         n
     }
 
-    /// The change log as JSON `[key, value]` pairs (the meta entry aside), and the next
-    /// log started; None, with the log left as it is, when a value is not one the native
-    /// encoder takes.
-    fn drain_encoded<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyList>>> {
-        let out = PyList::empty(py);
-        let mut buf = String::with_capacity(256);
-        for id in self.changed() {
-            write_key(&mut buf, &id);
-            let slot = self.map.get(&id);
-            if self.write_slot(py, &mut buf, slot, Self::slot_seq(slot)).is_none() {
-                return Ok(None);
-            }
-            finish(py, &out, &mut buf)?;
+    /// The change log as JSON `[key, value]` pairs (the meta entry aside), then `extra`
+    /// (the meta pair, when given), and the next log started: `(pairs, n)`, or, with
+    /// `max_bytes`, the pairs packed into chunks of at most that (see `Packer`). None,
+    /// with the log left as it is, when a value is not one the native encoder takes.
+    #[pyo3(signature = (max_bytes=None, extra=None))]
+    fn drain_encoded<'py>(&mut self, py: Python<'py>, max_bytes: Option<usize>, extra: Option<&[u8]>)
+                          -> PyResult<Option<(Bound<'py, PyList>, usize)>> {
+        let changed = self.changed();
+        let got = self.encode_rows(py, self.change_rows(&changed), max_bytes, extra)?;
+        if got.is_some() {
+            self.end_drain();
         }
-        self.end_drain();
-        Ok(Some(out))
+        Ok(got)
     }
 
-    /// `drain_encoded`'s pairs, then `extra` (the meta pair, when given), packed into
-    /// chunks of at most `max_bytes` (see `Packer`): `(chunks, pairs)`, or None as for
-    /// `drain_encoded`.
-    #[pyo3(signature = (max_bytes, extra=None))]
-    fn drain_chunks<'py>(&mut self, py: Python<'py>, max_bytes: usize, extra: Option<&[u8]>)
-                         -> PyResult<Option<(Bound<'py, PyList>, usize)>> {
-        let mut packer = Packer::new(py, max_bytes);
-        let mut buf = String::with_capacity(256);
-        for id in self.changed() {
-            write_key(&mut buf, &id);
-            let slot = self.map.get(&id);
-            if self.write_slot(py, &mut buf, slot, Self::slot_seq(slot)).is_none() {
-                return Ok(None);
-            }
-            buf.push(']');
-            packer.push(buf.as_bytes())?;
-        }
-        if let Some(extra) = extra {
-            packer.push(extra)?;
-        }
-        self.end_drain();
-        packer.finish().map(Some)
-    }
-
-    /// `snapshot_encoded`'s pairs, then `extra`, packed as `drain_chunks` packs them.
-    #[pyo3(signature = (max_bytes, extra=None))]
-    fn snapshot_chunks<'py>(&self, py: Python<'py>, max_bytes: usize, extra: Option<&[u8]>)
-                            -> PyResult<Option<(Bound<'py, PyList>, usize)>> {
-        let mut packer = Packer::new(py, max_bytes);
-        let mut buf = String::with_capacity(256);
-        let pending = self.snapshot_pending();
-        let done = self.map.iter().filter(|(_, s)| matches!(s, Slot::Done { .. }));
-        for (id, slot, seq) in pending.into_iter().map(|(id, s)| (id, self.map.get(id), Some(s)))
-            .chain(done.map(|(id, slot)| (id, Some(slot), None))) {
-            write_key(&mut buf, id);
-            if self.write_slot(py, &mut buf, slot, seq).is_none() {
-                return Ok(None);
-            }
-            buf.push(']');
-            packer.push(buf.as_bytes())?;
-        }
-        if let Some(extra) = extra {
-            packer.push(extra)?;
-        }
-        packer.finish().map(Some)
-    }
-
-    /// The change log as `(id, raw value)` pairs (see `raw_slot`), and the next log started.
+    /// `drain_encoded`'s pairs as `(id, raw value)` (see `raw_slot`), and the next log started.
     fn drain_raw<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        let out = PyList::empty(py);
-        for id in self.changed() {
-            let slot = self.map.get(&id);
-            out.append((&*id, self.raw_slot(py, slot, Self::slot_seq(slot))?))?;
-        }
+        let changed = self.changed();
+        let out = self.raw_rows(py, self.change_rows(&changed))?;
         self.end_drain();
         Ok(out)
     }
 
     /// The whole state as JSON pairs (the meta entry aside): the pending entries in
-    /// (deadline, arrival) order, then the done entries; None when a value is not one
-    /// the native encoder takes. The change log is not touched.
-    fn snapshot_encoded<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyList>>> {
-        let out = PyList::empty(py);
-        let mut buf = String::with_capacity(256);
-        for (id, s) in self.snapshot_pending() {
-            write_key(&mut buf, id);
-            if self.write_slot(py, &mut buf, self.map.get(id), Some(s)).is_none() {
-                return Ok(None);
-            }
-            finish(py, &out, &mut buf)?;
-        }
-        for (id, slot) in &self.map {
-            if let Slot::Done { .. } = slot {
-                write_key(&mut buf, id);
-                if self.write_slot(py, &mut buf, Some(slot), None).is_none() {
-                    return Ok(None);
-                }
-                finish(py, &out, &mut buf)?;
-            }
-        }
-        Ok(Some(out))
+    /// (deadline, arrival) order, then the done entries, then `extra`; packed and None as
+    /// for `drain_encoded`. The change log is not touched.
+    #[pyo3(signature = (max_bytes=None, extra=None))]
+    fn snapshot_encoded<'py>(&self, py: Python<'py>, max_bytes: Option<usize>, extra: Option<&[u8]>)
+                             -> PyResult<Option<(Bound<'py, PyList>, usize)>> {
+        self.encode_rows(py, self.snapshot_rows(), max_bytes, extra)
     }
 
     /// `snapshot_encoded`'s pairs as `(id, raw value)`.
     fn snapshot_raw<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        let out = PyList::empty(py);
-        for (id, s) in self.snapshot_pending() {
-            out.append((&**id, self.raw_slot(py, self.map.get(id), Some(s))?))?;
-        }
-        for (id, slot) in &self.map {
-            if let Slot::Done { .. } = slot {
-                out.append((&**id, self.raw_slot(py, Some(slot), None)?))?;
-            }
-        }
-        Ok(out)
+        self.raw_rows(py, self.snapshot_rows())
     }
 
     // Restore (PartitionJoiner.restore's steps) ----------------------------------------

@@ -266,24 +266,10 @@ impl Decoder {
                 .downcast_into_unchecked()
         };
         for (name, f) in self.py_names.iter().zip(&r.feats) {
-            let v = match f {
-                Feat::F(x) => PyFloat::new(py, *x).into_any(),
-                Feat::I(x) => x.into_pyobject(py)?.into_any(),
-                Feat::B(x) => x.into_pyobject(py)?.to_owned().into_any(),
-                Feat::S(x) => PyString::new(py, x).into_any(),
-            };
-            feats.set_item(name.bind(py), v)?;
+            feats.set_item(name.bind(py), f.object(py)?)?;
         }
-        let sv = match r.served_version {
-            Some(v) => v.into_pyobject(py)?.into_any(),
-            None => py.None().into_bound(py),
-        };
-        let pred = match &r.prediction {
-            Pred::None => py.None().into_bound(py),
-            Pred::F(x) => PyFloat::new(py, *x).into_any(),
-            Pred::S(x) => PyString::new(py, x).into_any(),
-        };
-        self.event_cls.bind(py).call1((id_object(py, &r.id), PyFloat::new(py, r.ts), feats, sv, pred))
+        self.event_cls.bind(py).call1((id_object(py, &r.id), PyFloat::new(py, r.ts), feats,
+                                       served_version_object(py, r.served_version)?, r.prediction.object(py)))
     }
 
     /// The joiner's pending-event entry of `r` (`(id, ts, offset, served_version,
@@ -293,25 +279,10 @@ impl Decoder {
     fn event_tuple<'py>(&self, py: Python<'py>, r: &EventRec, offset: &Bound<'py, PyAny>)
                         -> PyResult<Bound<'py, PyTuple>> {
         let mut items: Vec<Bound<'py, PyAny>> = Vec::with_capacity(5 + r.feats.len());
-        items.push(id_object(py, &r.id));
-        items.push(PyFloat::new(py, r.ts).into_any());
-        items.push(offset.clone());
-        items.push(match r.served_version {
-            Some(v) => v.into_pyobject(py)?.into_any(),
-            None => py.None().into_bound(py),
-        });
-        items.push(match &r.prediction {
-            Pred::None => py.None().into_bound(py),
-            Pred::F(x) => PyFloat::new(py, *x).into_any(),
-            Pred::S(x) => PyString::new(py, x).into_any(),
-        });
+        items.extend([id_object(py, &r.id), PyFloat::new(py, r.ts).into_any(), offset.clone(),
+                      served_version_object(py, r.served_version)?, r.prediction.object(py)]);
         for f in &r.feats {
-            items.push(match f {
-                Feat::F(x) => PyFloat::new(py, *x).into_any(),
-                Feat::I(x) => x.into_pyobject(py)?.into_any(),
-                Feat::B(x) => x.into_pyobject(py)?.to_owned().into_any(),
-                Feat::S(x) => PyString::new(py, x).into_any(),
-            });
+            items.push(f.object(py)?);
         }
         untracked(PyTuple::new(py, items)?)
     }
@@ -319,22 +290,51 @@ impl Decoder {
     /// The joiner's pending-label entry of `r`: `(id, ts, offset, label)`.
     fn label_tuple<'py>(&self, py: Python<'py>, r: &LabelRec, offset: &Bound<'py, PyAny>)
                         -> PyResult<Bound<'py, PyTuple>> {
-        let label = match &r.label {
-            Lab::B(x) => x.into_pyobject(py)?.to_owned().into_any(),
-            Lab::F(x) => PyFloat::new(py, *x).into_any(),
-            Lab::S(x) => PyString::new(py, x).into_any(),
-        };
-        untracked(PyTuple::new(py, [id_object(py, &r.id), PyFloat::new(py, r.ts).into_any(), offset.clone(), label])?)
+        untracked(PyTuple::new(py, [id_object(py, &r.id), PyFloat::new(py, r.ts).into_any(), offset.clone(),
+                                    r.label.object(py)?])?)
     }
 
     fn label_object<'py>(&self, py: Python<'py>, r: &LabelRec) -> PyResult<Bound<'py, PyAny>> {
-        let label = match &r.label {
+        self.label_cls.bind(py).call1((id_object(py, &r.id), PyFloat::new(py, r.ts), r.label.object(py)?))
+    }
+}
+
+impl Feat<'_> {
+    fn object<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        Ok(match self {
+            Feat::F(x) => PyFloat::new(py, *x).into_any(),
+            Feat::I(x) => x.into_pyobject(py)?.into_any(),
+            Feat::B(x) => x.into_pyobject(py)?.to_owned().into_any(),
+            Feat::S(x) => PyString::new(py, x).into_any(),
+        })
+    }
+}
+
+impl Pred<'_> {
+    fn object<'py>(&self, py: Python<'py>) -> Bound<'py, PyAny> {
+        match self {
+            Pred::None => py.None().into_bound(py),
+            Pred::F(x) => PyFloat::new(py, *x).into_any(),
+            Pred::S(x) => PyString::new(py, x).into_any(),
+        }
+    }
+}
+
+impl Lab<'_> {
+    fn object<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        Ok(match self {
             Lab::B(x) => x.into_pyobject(py)?.to_owned().into_any(),
             Lab::F(x) => PyFloat::new(py, *x).into_any(),
             Lab::S(x) => PyString::new(py, x).into_any(),
-        };
-        self.label_cls.bind(py).call1((id_object(py, &r.id), PyFloat::new(py, r.ts), label))
+        })
     }
+}
+
+fn served_version_object(py: Python<'_>, v: Option<i64>) -> PyResult<Bound<'_, PyAny>> {
+    Ok(match v {
+        Some(v) => v.into_pyobject(py)?.into_any(),
+        None => py.None().into_bound(py),
+    })
 }
 
 /// `t`, out of the cyclic garbage collector: only for a tuple of atomic values (str,
