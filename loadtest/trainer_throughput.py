@@ -1,7 +1,7 @@
 """Trainer throughput: the full loop, the trainer alone, and a per-example model against River.
 
     python loadtest/trainer_throughput.py [--events 200000] [--rounds 3] [--tree-examples 30000] [--bootstrap HOST:PORT]
-                                          [--joiner native|reference|both]
+                                          [--joiner native|reference|both] [--entries flat|tuple|both]
 
 On the embedded broker (or --bootstrap), with 10 float features and a binary label
 (wall time, ``time.perf_counter``; every rate is measured from the first record a worker
@@ -17,7 +17,10 @@ is handed to the moment the last example is learned):
    machine); the median is the result, every round is printed. ``--joiner both`` runs
    the rounds alternately with the worker's partition joiner in Rust (the native data
    path's default) and with the Python reference (``PartitionJoiner``, fed decoded
-   records), and prints both medians and their ratio;
+   records), and prints both medians and their ratio. ``--entries both`` runs the native
+   rounds alternately with the decoder's ``EventEntry`` objects (the default for these
+   all-float events: docs/native.md) and with entry tuples (``Decoder(flat=False)``), and
+   prints both medians and their ratio too;
 2. **trainer alone**, batch path: the same number of examples produced straight to
    ``<name>.examples`` (Arrow messages of 1000 rows), learned until the last one;
 3. **per-example model**: a Hoeffding tree (``river.tree.HoeffdingTreeClassifier()``)
@@ -90,11 +93,17 @@ def timed(worker_io: Any, attr: str, started: list[float]) -> None:
     setattr(worker_io, attr, wrapped)
 
 
-def full_loop(bootstrap: str, n: int, data_dir: str, joiner_cls: type | None = None) -> tuple[int, float]:
-    """One full-loop round; ``joiner_cls`` replaces the worker's partition joiner class."""
+def full_loop(bootstrap: str, n: int, data_dir: str, joiner_cls: type | None = None,
+              flat: bool | None = None) -> tuple[int, float]:
+    """One full-loop round; ``joiner_cls`` replaces the worker's partition joiner class;
+    ``flat=False`` makes the native decoder pack entry tuples in place of ``EventEntry``s."""
     if joiner_cls is not None:
         runtime_joiner.partition_joiner_class = lambda: joiner_cls
     t = topology(f"loop-{uuid.uuid4().hex[:6]}", data_dir)
+    if flat is not None and native is not None:
+        schema = t.record_schema
+        _, args = schema._native_decoder.__reduce__()
+        object.__setattr__(schema, "_native_decoder", native.Decoder(*args[:-1], flat))
     ensure_topics(bootstrap, [TopicSpec(x, t.partitions) for x in (t.events_topic, t.labels_topic)])
     data = generate(t, n, seed=3, events_per_second=5000, label_fraction=0.7, max_delay=5.0)
     producer = make_producer(bootstrap)
@@ -179,6 +188,9 @@ def main() -> int:
     ap.add_argument("--joiner", choices=("native", "reference", "both"), default="native" if native else "reference",
                     help="the full loop's partition joiner: the state in Rust (the default with the native data "
                          "path), the Python reference, or both in alternate rounds")
+    ap.add_argument("--entries", choices=("flat", "tuple", "both"), default="flat",
+                    help="the native joiner's pending-event entries: EventEntry objects (the default for these "
+                         "all-float events), tuples, or both in alternate rounds")
     args = ap.parse_args()
     if args.joiner != "reference" and native is None:
         ap.error("--joiner native needs ct_stream._native (built with cargo: docs/native.md)")
@@ -190,22 +202,27 @@ def main() -> int:
         bootstrap = broker.bootstrap
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            kinds = {"native": [NativePartitionJoiner], "reference": [PartitionJoiner],
-                     "both": [PartitionJoiner, NativePartitionJoiner]}[args.joiner]
-            by_kind: dict[type, list[float]] = {k: [] for k in kinds}
+            joiners = {"native": [NativePartitionJoiner], "reference": [PartitionJoiner],
+                       "both": [PartitionJoiner, NativePartitionJoiner]}[args.joiner]
+            entries = {"flat": [True], "tuple": [False], "both": [False, True]}[args.entries]
+            kinds = [(cls, flat if cls is NativePartitionJoiner else None) for cls in joiners
+                     for flat in (entries if cls is NativePartitionJoiner else [None])]
+            name = {k: k[0].__name__ + ("" if k[1] is None else ", EventEntry" if k[1] else ", entry tuples")
+                    for k in kinds}
+            by_kind: dict[tuple[type, bool | None], list[float]] = {k: [] for k in kinds}
             for r in range(1, args.rounds + 1):
-                for cls in kinds:
-                    n_loop, t_loop = full_loop(bootstrap, args.events, f"{tmp}/loop{r}{cls.__name__}", cls)
-                    by_kind[cls].append(n_loop / t_loop)
-                    print(f"full loop round {r} ({cls.__name__}): {n_loop} examples in {t_loop:.2f} s = "
-                          f"{by_kind[cls][-1]:,.0f} examples/s", flush=True)
-            for cls, rates in by_kind.items():
-                print(f"full loop (joiner + trainer, one process, {cls.__name__}): {statistics.median(rates):,.0f} "
+                for k in kinds:
+                    n_loop, t_loop = full_loop(bootstrap, args.events, f"{tmp}/loop{r}{k[0].__name__}{k[1]}", *k)
+                    by_kind[k].append(n_loop / t_loop)
+                    print(f"full loop round {r} ({name[k]}): {n_loop} examples in {t_loop:.2f} s = "
+                          f"{by_kind[k][-1]:,.0f} examples/s", flush=True)
+            medians = {k: statistics.median(rates) for k, rates in by_kind.items()}
+            for k, rates in by_kind.items():
+                print(f"full loop (joiner + trainer, one process, {name[k]}): {medians[k]:,.0f} "
                       f"examples/s, median of {len(rates)} rounds (min {min(rates):,.0f}, max {max(rates):,.0f}; "
                       "goal >= 150,000)")
-            if len(kinds) == 2:
-                ref, nat = (statistics.median(by_kind[k]) for k in kinds)
-                print(f"full loop ratio NativePartitionJoiner / PartitionJoiner: {nat / ref:.2f}")
+            for a, b in zip(kinds, kinds[1:]):
+                print(f"full loop ratio {name[b]} / {name[a]}: {medians[b] / medians[a]:.2f}")
             X, y = data(args.events, 1)
             t = topology(f"alone-{uuid.uuid4().hex[:6]}", tmp + "/alone")
             n_alone, t_alone = trainer_alone(bootstrap, t, X, y, tmp + "/alone")

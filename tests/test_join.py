@@ -887,19 +887,29 @@ class FakeMessage:
         return self._offset
 
 
+#: the two forms of entries ``Decoder.items`` packs: tuples (a schema with an int and a
+#: str feature) and ``EventEntry`` objects (every feature a float)
+#: (``multiclass``: class-name labels and predictions)
+CONTRACT_SCHEMAS = {"mixed": {"x": "float", "n": "int", "c": "str"}, "floats": {"x": "float", "n": "float"},
+                    "floats multiclass": {"x": "float", "n": "float"}}
+
+
 @st.composite
-def contract_inputs(draw: st.DrawFn) -> list[Input]:
+def contract_inputs(draw: st.DrawFn, floats: bool = False, multiclass: bool = False) -> list[Input]:
     """Random records that follow a record schema (so the native decoder packs them):
-    events and labels from a small id pool in any order, duplicates, late records."""
+    events and labels from a small id pool in any order, duplicates, late records
+    (``floats``: for the all-float schema of :data:`CONTRACT_SCHEMAS`)."""
     n = draw(st.integers(1, 80))
     ts, inputs, offsets = 1000.0, [], {"event": 0, "label": 0}
     for _ in range(n):
         ts += draw(st.sampled_from([0.0, 0.25, 0.5, 1.0, 3.0, 7.0, -1.0, -4.0]))
         kind = draw(st.sampled_from(["event", "label"]))
         i = f"i{draw(st.integers(0, 12))}"
-        rec: Event | Label = Event(i, ts, {"x": ts, "n": draw(st.integers(-3, 3)), "c": "a"},
-                                   draw(st.sampled_from([None, 1])), 0.5) if kind == "event" else \
-            Label(i, ts, draw(st.booleans()))
+        features = {"x": ts, "n": float(draw(st.integers(-3, 3)))} if floats else \
+            {"x": ts, "n": draw(st.integers(-3, 3)), "c": "a"}
+        prediction = draw(st.sampled_from([None, "b", "c"] if multiclass else [None, 0.5]))
+        rec: Event | Label = Event(i, ts, features, draw(st.sampled_from([None, 1])), prediction) \
+            if kind == "event" else Label(i, ts, draw(st.sampled_from(["b", "c"]) if multiclass else st.booleans()))
         inputs.append(Input(kind, rec, offsets[kind]))  # type: ignore[arg-type]
         offsets[kind] += 1
     return inputs
@@ -907,17 +917,22 @@ def contract_inputs(draw: st.DrawFn) -> list[Input]:
 
 @native_only
 @PROPERTY
-@given(contract_inputs(), st.sampled_from(["negative", "drop", "dlq"]), st.data())
-def test_entry_records_from_the_decoder_join_as_the_decoded_records(inputs: list[Input], policy: str,
+@pytest.mark.parametrize("form", sorted(CONTRACT_SCHEMAS))
+@given(data=st.data(), policy=st.sampled_from(["negative", "drop", "dlq"]))
+def test_entry_records_from_the_decoder_join_as_the_decoded_records(form: str, policy: str,
                                                                     data: st.DataObject) -> None:
     """The worker's native path: ``Decoder.items`` packs the joiner's entries straight
-    from the message bytes (no ``Event`` / ``Label``), and the native joiner takes them.
-    The examples, dead letters (details and records), changes, snapshots and counters
-    are those of the reference joiner fed the decoded records (the feature names may be
-    learnt one record earlier: the meta entry's ``names`` is compared once both know them)."""
+    from the message bytes (no ``Event`` / ``Label``), and the native joiner takes them:
+    entry tuples, or ``EventEntry`` objects for an all-float schema. The examples, dead
+    letters (details and records), changes (decoded, and encoded natively), snapshots
+    and counters are those of the reference joiner fed the decoded records (the feature
+    names may be learnt one record earlier: the meta entry's ``names`` is compared once
+    both know them); the examples' Arrow messages are the same bytes."""
+    from ct_stream.join.arrow import example_messages
     from ct_stream.records import RecordSchema, encode_event, encode_label
 
-    schema = RecordSchema(features={"x": "float", "n": "int", "c": "str"}, label_type="binary")
+    inputs = data.draw(contract_inputs(floats=form != "mixed", multiclass="multiclass" in form), label="inputs")
+    schema = RecordSchema(features=CONTRACT_SCHEMAS[form], label_type="multiclass" if "multiclass" in form else "binary")
     decoder = schema._native_decoder
     names = tuple(schema.features)
     packed: list[Any] = []
@@ -926,12 +941,15 @@ def test_entry_records_from_the_decoder_join_as_the_decoded_records(inputs: list
         items, missing = decoder.items(x.kind, [FakeMessage(value, x.offset)], x.kind == "event")
         assert missing == []
         packed.append(items[0][1])
-    assert all(type(p[1]) is tuple for p in packed)
+    flat = joiner_module._native.EventEntry  # type: ignore[union-attr]
+    assert all(type(p[1]) is (flat if form != "mixed" and p[0] == "event" else tuple) for p in packed)
     cuts = data.draw(st.lists(st.integers(0, 10_000), min_size=1, max_size=8), label="cuts")
-    ops = data.draw(st.lists(st.sampled_from(["", "drain", "snapshot", 6.0]), min_size=12, max_size=12), label="ops")
+    ops = data.draw(st.lists(st.sampled_from(["", "drain", "encoded", "snapshot", "encoded snapshot", 6.0]),
+                             min_size=12, max_size=12), label="ops")
     bounds = [0] + sorted(c % (len(inputs) + 1) for c in cuts) + [len(inputs)]
-    ref = PartitionJoiner(0, spec(policy), clock=FakeClock())
-    nat = joiner_module.NativePartitionJoiner(0, spec(policy), clock=FakeClock())
+    kw = {"default_label": "c"} if "multiclass" in form and policy == "negative" else {}
+    ref = PartitionJoiner(0, spec(policy, **kw), clock=FakeClock())
+    nat = joiner_module.NativePartitionJoiner(0, spec(policy, **kw), clock=FakeClock())
     outs = [JoinOutput(), JoinOutput()]
     for k, (a, b) in enumerate(zip(bounds, bounds[1:])):
         outs[0].extend(ref.process(inputs[a:b]))
@@ -943,14 +961,25 @@ def test_entry_records_from_the_decoder_join_as_the_decoded_records(inputs: list
                 want.pop(META_KEY, None)
                 got.pop(META_KEY, None)
             assert got == want
+        elif op == "encoded":  # the pairs encoded in Rust, from the entries themselves
+            want, pairs = json_rt(ref.drain_changes()), nat.drain_encoded()
+            got = dict(map(orjson.loads, pairs))
+            if ref._names is None:
+                want.pop(META_KEY, None)
+                got.pop(META_KEY, None)
+            assert got == want
         elif op == "snapshot" and ref._names is not None:
             assert nat.snapshot() == ref.snapshot()
+        elif op == "encoded snapshot" and ref._names is not None:
+            assert dict(map(orjson.loads, nat.snapshot_encoded())) == json_rt(ref.snapshot())
         elif op == 6.0:
             outs[0].extend(ref.tick(now=6.0))
             outs[1].extend(nat.tick(now=6.0))
     for j, out in zip((ref, nat), outs):
         out.extend(j.tick(now=1e6))
     assert outs[1].examples == outs[0].examples
+    assert [m for _, m in example_messages(outs[1].rows, schema)] == \
+        [m for _, m in example_messages(outs[0].rows, schema)]
     assert [(d.kind, d.offset, d.reason, d.detail, d.record) for d in outs[1].dead_letters] == \
         [(d.kind, d.offset, d.reason, d.detail, d.record) for d in outs[0].dead_letters]
     assert dict(nat.counts) == dict(ref.counts)

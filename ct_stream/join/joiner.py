@@ -1245,7 +1245,7 @@ class NativePartitionJoiner:
         for d in dead:
             if d[0] == 0:  # late: (0, input, watermark, max_ts)
                 kind, rec, offset, source = d[1]
-                if type(rec) is tuple:  # an entry record (see process)
+                if not isinstance(rec, (Event, Label)):  # an entry record: a tuple or an EventEntry (see process)
                     rec = Event(rec[0], rec[1], self._features(rec), rec[3], rec[4]) if kind == "event" \
                         else Label(rec[0], rec[1], rec[3])
                 letters.append(_late_letter(kind, p, offset, rec, source, d[2], d[3], self._grace))

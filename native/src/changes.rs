@@ -7,6 +7,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 use std::fmt::Write;
 
+use crate::flat::{EventEntry, Prediction};
+
 /// Values nest at most this deep (features inside an entry inside a pair).
 const MAX_DEPTH: u32 = 8;
 
@@ -153,10 +155,47 @@ fn write_features(out: &mut String, e: &Bound<'_, PyTuple>, own: &Bound<'_, PyAn
 /// The fields of event entry `e` in a change-log value: `,<the items at before>,features,
 /// served_version,prediction` (`before`: offset and ts for a pending event, the offset
 /// alone for an expired negative).
-pub(crate) fn write_event(out: &mut String, e: &Bound<'_, PyTuple>, before: &[usize], own: &Bound<'_, PyAny>) -> Option<()> {
+pub(crate) fn write_event(out: &mut String, e: &Bound<'_, PyAny>, before: &[usize], own: &Bound<'_, PyAny>) -> Option<()> {
+    if let Ok(f) = e.downcast_exact::<EventEntry>() {
+        return write_flat_event(out, f.get(), before);
+    }
+    let e = e.downcast_exact::<PyTuple>().ok()?;
     write_fields(out, e, before)?;
     write_features(out, e, own)?;
     write_fields(out, e, &[3, 4])
+}
+
+/// `write_event` of a `flat::EventEntry`: the same text as for the tuple it stands for.
+fn write_flat_event(out: &mut String, e: &EventEntry, before: &[usize]) -> Option<()> {
+    let finite = |x: f64| if x.is_finite() { Some(x) } else { None };
+    for &k in before {
+        out.push(',');
+        match k {
+            1 => out.push_str(ryu::Buffer::new().format_finite(finite(e.ts)?)),
+            2 => out.push_str(itoa::Buffer::new().format(e.offset)),
+            _ => return None,
+        }
+    }
+    // every value a float: the base64 form when all are finite (a non-finite one is not
+    // written as JSON either)
+    if !e.features.iter().all(|x| x.is_finite()) {
+        return None;
+    }
+    let raw: Vec<u8> = e.features.iter().flat_map(|x| x.to_le_bytes()).collect();
+    out.push_str(",\"");
+    write_base64(out, &raw);
+    out.push_str("\",");
+    match e.served_version {
+        Some(v) => out.push_str(itoa::Buffer::new().format(v)),
+        None => out.push_str("null"),
+    }
+    out.push(',');
+    match &e.prediction {
+        Prediction::None => out.push_str("null"),
+        Prediction::F(x) => out.push_str(ryu::Buffer::new().format_finite(finite(*x)?)),
+        Prediction::S(s) => write_str(out, s),
+    }
+    Some(())
 }
 
 /// A seq number (`None` -> null).
@@ -185,7 +224,7 @@ pub(crate) fn write_key(out: &mut String, id: &str) {
 
 /// The value of pending entry `e`: `["e", seq, offset, ts, features, served_version,
 /// prediction]` for an event, `["l", seq, offset, ts, label]` for a label.
-pub(crate) fn write_pending(out: &mut String, event: bool, seq: Option<i64>, e: &Bound<'_, PyTuple>,
+pub(crate) fn write_pending(out: &mut String, event: bool, seq: Option<i64>, e: &Bound<'_, PyAny>,
                  own: &Bound<'_, PyAny>) -> Option<()> {
     if event {
         out.push_str("[\"e\"");
@@ -194,7 +233,7 @@ pub(crate) fn write_pending(out: &mut String, event: bool, seq: Option<i64>, e: 
     } else {
         out.push_str("[\"l\"");
         write_seq_number(out, seq);
-        write_fields(out, e, &[2, 1, 3])?;
+        write_fields(out, e.downcast_exact::<PyTuple>().ok()?, &[2, 1, 3])?;
     }
     out.push(']');
     Some(())
@@ -210,7 +249,7 @@ fn write_done(out: &mut String, d: &Bound<'_, PyAny>, own: &Bound<'_, PyAny>, jo
         write_fields(out, d, &[1])?;
         let kept = d.get_item(2).ok()?;
         if !kept.is_none() {
-            write_event(out, kept.downcast_exact::<PyTuple>().ok()?, &[2], own)?;
+            write_event(out, &kept, &[2], own)?;
         }
     } else {
         write_str(out, joined);
@@ -257,9 +296,9 @@ pub fn encode_changes<'py>(py: Python<'py>, log: &Bound<'py, PyList>, log_seq: i
         write_key(&mut buf, id);
         let created: Option<i64> = created.extract()?;
         let ok = if let Some(e) = events.get_item(&i)? {
-            e.downcast_exact::<PyTuple>().ok().and_then(|e| write_pending(&mut buf, true, created, e, own))
+            write_pending(&mut buf, true, created, &e, own)
         } else if let Some(e) = labels.get_item(&i)? {
-            e.downcast_exact::<PyTuple>().ok().and_then(|e| write_pending(&mut buf, false, created, e, own))
+            write_pending(&mut buf, false, created, &e, own)
         } else if let Some(d) = done.get_item(&i)? {
             write_done(&mut buf, &d, own, joined)
         } else {

@@ -6,6 +6,8 @@
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyFloat, PyInt, PyList, PyString, PyTuple};
 
+use crate::flat::{EventEntry, Prediction};
+
 /// Column kinds, as `rows_to_arrow` numbers them.
 const F64: u8 = 0;
 const I64: u8 = 1;
@@ -36,6 +38,52 @@ fn push_bit(bits: &mut Vec<u8>, i: usize, on: bool) {
 }
 
 impl Column {
+    /// Append row `i`'s int `x` (None: a null); `None` unless this is an int column that
+    /// takes it (as `push` of the Python int).
+    fn push_int(&mut self, i: usize, x: Option<i64>) -> Option<()> {
+        let null = x.is_none();
+        if null && !self.nullable {
+            return None;
+        }
+        if self.nullable {
+            push_bit(&mut self.validity, i, !null);
+            self.nulls += usize::from(null);
+        }
+        let x = x.unwrap_or(0);
+        match self.kind {
+            I64 => self.values.extend_from_slice(&x.to_le_bytes()),
+            I32 => self.values.extend_from_slice(&i32::try_from(x).ok()?.to_le_bytes()),
+            _ => return None,
+        }
+        Some(())
+    }
+
+    /// Append a (non-null) string; `None` unless this is a string column. (A nullable
+    /// string column's validity bit is set as `push` sets it.)
+    fn push_str(&mut self, i: usize, s: &str) -> Option<()> {
+        if self.kind != STR {
+            return None;
+        }
+        if self.nullable {
+            push_bit(&mut self.validity, i, true);
+        }
+        self.values.extend_from_slice(s.as_bytes());
+        self.offsets.push(i32::try_from(self.values.len()).ok()?);
+        Some(())
+    }
+    /// Append row `i`'s float `x` (a `flat::EventEntry`'s ts or feature); `None` unless
+    /// this is a float column.
+    fn push_f64(&mut self, i: usize, x: f64) -> Option<()> {
+        if self.kind != F64 {
+            return None;
+        }
+        if self.nullable {
+            push_bit(&mut self.validity, i, true);
+        }
+        self.values.extend_from_slice(&x.to_le_bytes());
+        Some(())
+    }
+
     /// Append row `i`'s value `v`; `None` when it is not one this encoder takes (the
     /// wrong type, a None in a column without nulls, an int out of range).
     fn push(&mut self, i: usize, v: &Bound<'_, PyAny>) -> Option<()> {
@@ -77,8 +125,9 @@ impl Column {
 /// `(from_entry, index, kind, nullable)` a column. Each column comes back as
 /// `(validity or None, values, offsets or None, null count)`: the buffers of
 /// `pa.Array.from_buffers` (validity only when some value is null). Every row must be
-/// in the joiner's common form: its names are the object `names`, its entry has `width`
-/// fields and no own features dict (`entry[5] is own`). `None` for a row that is not, or
+/// in the joiner's common form: its names are the object `names`, its entry (a tuple, or
+/// a `flat::EventEntry` whose values are read from its array) has `width` fields and no
+/// own features dict (`entry[5] is own`). `None` for a row that is not, or
 /// a value this encoder does not take: then the caller converts in Python, which gives
 /// the reference answer or error.
 #[pyfunction]
@@ -102,6 +151,34 @@ pub fn example_columns<'py>(py: Python<'py>, rows: &Bound<'py, PyList>, plan: Ve
     for (i, row) in rows.iter().enumerate() {
         let Ok(row) = row.downcast_exact::<PyTuple>() else { return Ok(None) };
         let Ok(entry) = row.get_borrowed_item(0) else { return Ok(None) };
+        if let Ok(flat) = entry.downcast_exact::<EventEntry>() {
+            let e = flat.get();
+            if row.len() != 6 || !row.get_borrowed_item(1)?.is(names) || e.width() != width {
+                return Ok(None);
+            }
+            for c in cols.iter_mut() {
+                let done = match (c.from_entry, c.index) {
+                    (false, k) => match row.get_borrowed_item(k) {
+                        Ok(v) => c.push(i, &v),
+                        Err(_) => None,
+                    },
+                    (true, 0) => c.push_str(i, &e.id),
+                    (true, 1) => c.push_f64(i, e.ts),
+                    (true, 2) => c.push_int(i, Some(e.offset)),
+                    (true, 3) => c.push_int(i, e.served_version),
+                    (true, 4) => match &e.prediction {
+                        Prediction::None => c.push(i, &py.None().into_bound(py)),
+                        Prediction::F(x) => c.push_f64(i, *x),
+                        Prediction::S(s) => c.push_str(i, s),
+                    },
+                    (true, k) => c.push_f64(i, e.features[k - 5]),
+                };
+                if done.is_none() {
+                    return Ok(None);
+                }
+            }
+            continue;
+        }
         let Ok(entry) = entry.downcast_exact::<PyTuple>() else { return Ok(None) };
         if row.len() != 6 || !row.get_borrowed_item(1)?.is(names) || entry.len() != width
             || (width > 5 && entry.get_borrowed_item(5)?.is(own)) {

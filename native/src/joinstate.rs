@@ -25,6 +25,8 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyFloat, PyList, PyString, PyTuple};
 
+use crate::flat::EventEntry;
+
 use crate::changes::{write_event, write_key, write_pending, write_str};
 use crate::entry::event_entry;
 
@@ -57,9 +59,10 @@ const DROP: u8 = 1;
 const DLQ: u8 = 2;
 
 enum Slot {
-    Event { seq: u64, ts: f64, entry: Py<PyTuple> },
-    Label { seq: u64, ts: f64, entry: Py<PyTuple> },
-    Done { state: u8, ts: f64, kept: Option<Py<PyTuple>> },
+    // an event's entry is a tuple or a `flat::EventEntry`; a label's is a tuple
+    Event { seq: u64, ts: f64, entry: Py<PyAny> },
+    Label { seq: u64, ts: f64, entry: Py<PyAny> },
+    Done { state: u8, ts: f64, kept: Option<Py<PyAny>> },
 }
 
 /// A pending entry's place in the deadline queue; stale once its id's slot is no longer
@@ -155,12 +158,13 @@ impl<'py> Packer<'py> {
 /// a pending entry's sequence number.
 type Row<'a> = (&'a str, Option<&'a Slot>, Option<u64>);
 
-/// An input's record: a decoded `Event` / `Label`, or the joiner's entry tuple packed by
-/// the decoder (`Decoder.items`), with whether it is in the joiner's own name order.
+/// An input's record: a decoded `Event` / `Label`, or the joiner's entry packed by the
+/// decoder (`Decoder.items`: a tuple, or a `flat::EventEntry` for an event), with whether
+/// it is in the joiner's own name order.
 #[derive(Clone, Copy)]
 enum Rec<'a, 'py> {
     Obj(&'a Bound<'py, PyAny>),
-    Entry(&'a Bound<'py, PyTuple>, bool),
+    Entry(&'a Bound<'py, PyAny>, bool),
 }
 
 impl<'py> Rec<'_, 'py> {
@@ -214,7 +218,7 @@ impl JoinState {
     }
 
     /// Put `id` in the done memory (its slot is free) and in its time bucket.
-    fn remember(&mut self, id: Arc<str>, state: u8, ts: f64, kept: Option<Py<PyTuple>>) {
+    fn remember(&mut self, id: Arc<str>, state: u8, ts: f64, kept: Option<Py<PyAny>>) {
         let k = self.bucket_key(ts);
         self.map.insert(id.clone(), Slot::Done { state, ts, kept });
         self.n_done += 1;
@@ -232,7 +236,7 @@ impl JoinState {
     }
 
     /// A new pending entry for `id` (whose slot is free): the latest arrival.
-    fn add_pending(&mut self, id: Arc<str>, event: bool, ts: f64, entry: Py<PyTuple>) {
+    fn add_pending(&mut self, id: Arc<str>, event: bool, ts: f64, entry: Py<PyAny>) {
         let seq = self.seq;
         self.seq += 1;
         if event {
@@ -304,6 +308,24 @@ impl JoinState {
         PyTuple::new(py, [id, ts, offset, sv, pred, self.own.bind(py), features])
     }
 
+    /// Whether the entry records of this `process` call are in the joiner's own name
+    /// order (found once a call, in `direct`; the joiner takes their names when it has none).
+    fn entry_direct(&mut self, py: Python<'_>, direct: &mut Option<bool>) -> PyResult<bool> {
+        if let Some(d) = *direct {
+            return Ok(d);
+        }
+        let Some(en) = &self.entry_names else {
+            return Err(PyValueError::new_err("an entry record needs the entry_names it was packed in"));
+        };
+        if self.names.is_none() {
+            self.names = Some(en.clone_ref(py));
+        }
+        let own = self.names.as_ref().expect("names").bind(py);
+        let d = own.is(en.bind(py)) || own.eq(en.bind(py))?;
+        *direct = Some(d);
+        Ok(d)
+    }
+
     fn names_or_none(&self, py: Python<'_>) -> Py<PyAny> {
         match &self.names {
             Some(n) => n.clone_ref(py).into_any(),
@@ -317,8 +339,8 @@ impl JoinState {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn on_event<'py>(&mut self, py: Python<'py>, id: &str, id_obj: &Bound<'py, PyAny>, ts: f64,
-                     ts_obj: &Bound<'py, PyAny>, offset: &Bound<'py, PyAny>, rec: Rec<'_, 'py>,
+    fn on_event<'py>(&mut self, py: Python<'py>, id: &str, id_obj: Option<&Bound<'py, PyAny>>, ts: f64,
+                     ts_obj: Option<&Bound<'py, PyAny>>, offset: &Bound<'py, PyAny>, rec: Rec<'_, 'py>,
                      forget_wm: f64, rows: &Bound<'py, PyList>) -> PyResult<()> {
         let horizon = self.horizon;
         let pending_label = match self.map.get(id) {
@@ -348,6 +370,10 @@ impl JoinState {
             }
             return Ok(());
         }
+        // a flat entry is always direct (process): the record here is a tuple or an Event
+        let (Some(id_obj), Some(ts_obj)) = (id_obj, ts_obj) else {
+            unreachable!("an event's record other than a flat entry has its id and ts objects")
+        };
         let (features, sv, pred) = match rec {
             Rec::Obj(rec) => (rec.getattr(intern!(py, "features"))?, rec.getattr(intern!(py, "served_version"))?,
                               rec.getattr(intern!(py, "prediction"))?),
@@ -364,7 +390,7 @@ impl JoinState {
             self.joined_early(key, ts, lts);
         } else {
             let entry = self.make_entry(py, id_obj, ts_obj, offset, &features, &sv, &pred)?;
-            self.add_pending(key, true, ts, entry.unbind());
+            self.add_pending(key, true, ts, entry.into_any().unbind());
         }
         Ok(())
     }
@@ -379,7 +405,7 @@ impl JoinState {
     }
 
     /// The features dict of an entry record packed in the decoder's name order.
-    fn entry_features<'py>(&self, py: Python<'py>, e: &Bound<'py, PyTuple>) -> PyResult<Bound<'py, PyAny>> {
+    fn entry_features<'py>(&self, py: Python<'py>, e: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
         let names = self.entry_names.as_ref().ok_or_else(|| PyValueError::new_err(
             "an entry record (a tuple) needs the entry_names it was packed in"))?;
         let d = PyDict::new(py);
@@ -444,7 +470,7 @@ impl JoinState {
                 let (key, _) = self.take_key(id); // a done entry past the horizon: forgotten
                 let entry = match rec {
                     Rec::Entry(e, _) => e.clone(), // already (id, ts, offset, label)
-                    Rec::Obj(_) => PyTuple::new(py, [id_obj, ts_obj, offset, &rec.label(py)?])?,
+                    Rec::Obj(_) => PyTuple::new(py, [id_obj, ts_obj, offset, &rec.label(py)?])?.into_any(),
                 };
                 self.add_pending(key, false, ts, entry.unbind());
             }
@@ -740,47 +766,47 @@ impl JoinState {
                     "Input.kind must be 'event' or 'label', got {}", kind.repr()?), ))?));
             };
             self.counts[if is_event { C_EVENTS } else { C_LABELS }] += 1;
-            let rec = t.get_item(1)?;
-            let entry = rec.downcast_exact::<PyTuple>().ok();
-            let (id_obj, ts_obj) = match entry {
-                Some(e) => (e.get_item(0)?, e.get_item(1)?),
-                None => (rec.getattr(intern!(py, "id"))?, rec.getattr(intern!(py, "ts"))?),
+            let mut rec = t.get_item(1)?;
+            if rec.is_exact_instance_of::<EventEntry>() {
+                if !is_event {
+                    return Err(PyValueError::new_err("a label record cannot be an EventEntry"));
+                }
+                if !self.entry_direct(py, &mut direct)? {
+                    // the joiner's names are in another order: the tuple path reorders
+                    rec = rec.downcast_exact::<EventEntry>()?.get().tuple(py)?.into_any();
+                }
+            }
+            let flat = rec.downcast_exact::<EventEntry>().ok().map(|f| f.get());
+            let (id_obj, ts_obj, ts, r) = if let Some(f) = flat {
+                (None, None, f.ts, Rec::Entry(&rec, true))
+            } else if rec.is_exact_instance_of::<PyTuple>() {
+                let ts_obj = rec.get_item(1)?;
+                let ts: f64 = ts_obj.extract()?;
+                (Some(rec.get_item(0)?), Some(ts_obj), ts, Rec::Entry(&rec, self.entry_direct(py, &mut direct)?))
+            } else {
+                let ts_obj = rec.getattr(intern!(py, "ts"))?;
+                let ts: f64 = ts_obj.extract()?;
+                (Some(rec.getattr(intern!(py, "id"))?), Some(ts_obj), ts, Rec::Obj(&rec))
             };
-            let ts: f64 = ts_obj.extract()?;
             if ts < self.wm {
                 self.counts[C_LATE] += 1;
                 dead.append((0u8, &item, self.wm, self.max_ts))?;
                 continue;
             }
-            let r = match entry {
-                None => Rec::Obj(&rec),
-                Some(e) => {
-                    let d = match direct {
-                        Some(d) => d,
-                        None => {
-                            let Some(en) = &self.entry_names else {
-                                return Err(PyValueError::new_err(
-                                    "an entry record (a tuple) needs the entry_names it was packed in"));
-                            };
-                            if self.names.is_none() {
-                                self.names = Some(en.clone_ref(py));
-                            }
-                            let own = self.names.as_ref().expect("names").bind(py);
-                            let d = own.is(en.bind(py)) || own.eq(en.bind(py))?;
-                            direct = Some(d);
-                            d
-                        }
-                    };
-                    Rec::Entry(e, d)
-                }
-            };
             let offset = t.get_borrowed_item(2)?;
-            let id = id_obj.downcast::<PyString>()?.to_str()?;
+            let id = match (flat, &id_obj) {
+                (Some(f), _) => &*f.id,
+                (None, Some(i)) => i.downcast::<PyString>()?.to_str()?,
+                (None, None) => unreachable!("an id object for every record but a flat entry"),
+            };
             let forget_wm = self.wm;
             if is_event {
-                self.on_event(py, id, &id_obj, ts, &ts_obj, &offset, r, forget_wm, &rows)?;
+                self.on_event(py, id, id_obj.as_ref(), ts, ts_obj.as_ref(), &offset, r, forget_wm, &rows)?;
             } else {
-                self.on_label(py, id, &id_obj, ts, &ts_obj, &offset, r, forget_wm, &rows)?;
+                let (Some(id_obj), Some(ts_obj)) = (&id_obj, &ts_obj) else {
+                    unreachable!("a label's record is a tuple or a Label")
+                };
+                self.on_label(py, id, id_obj, ts, ts_obj, &offset, r, forget_wm, &rows)?;
             }
             if ts > self.max_ts {
                 self.max_ts = ts;
@@ -904,7 +930,7 @@ impl JoinState {
         let id: String = entry.get_item(0)?.extract()?;
         let ts: f64 = entry.get_item(1)?.extract()?;
         let (key, _) = self.take_key(&id);
-        self.add_pending(key, event, ts, entry.clone().unbind());
+        self.add_pending(key, event, ts, entry.clone().into_any().unbind());
         Ok(())
     }
 
@@ -915,7 +941,7 @@ impl JoinState {
             return Err(PyValueError::new_err(format!("done state {state:?}: one of {STATE_NAMES:?}")));
         };
         let (key, _) = self.take_key(i);
-        self.remember(key, code as u8, ts, kept.map(Bound::unbind));
+        self.remember(key, code as u8, ts, kept.map(|k| k.into_any().unbind()));
         Ok(())
     }
 

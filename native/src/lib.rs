@@ -11,6 +11,8 @@
 //!   from the joiner's rows.
 //! - `event_entry` (entry.rs): the joiner's pending-event entry, left out of the cyclic
 //!   garbage collector when its values are atomic.
+//! - `EventEntry` (flat.rs): the same entry for an all-float schema, its features in one
+//!   `f64` array; to Python a sequence equal to the tuple.
 //! - `JoinState` (joinstate.rs): a partition joiner's state and rules, the engine of
 //!   `ct_stream.join.joiner.NativePartitionJoiner`.
 //! - `lr_learn` (sgd.rs): the default model's `learn_batch`, River's steps row by row.
@@ -21,6 +23,7 @@
 mod changes;
 mod columns;
 mod entry;
+mod flat;
 mod joinstate;
 mod json;
 mod sgd;
@@ -108,6 +111,7 @@ struct Decoder {
     int_limit: i64,
     event_cls: PyObject,
     label_cls: PyObject,
+    flat: bool, // every feature a float: events' entries are `flat::EventEntry`s
 }
 
 fn too_long(s: &str, limit: usize) -> bool {
@@ -287,6 +291,25 @@ impl Decoder {
         untracked(PyTuple::new(py, items)?)
     }
 
+    /// The pending-event entry of `r` as a `flat::EventEntry` (every feature a float).
+    fn event_flat<'py>(&self, py: Python<'py>, r: &EventRec, offset: i64) -> PyResult<Bound<'py, PyAny>> {
+        let features = r.feats.iter().map(|f| match f {
+            Feat::F(x) => Ok(*x),
+            _ => Err(pyo3::exceptions::PyValueError::new_err("a flat entry takes float features only")),
+        }).collect::<PyResult<Box<[f64]>>>()?;
+        let id: Box<str> = match &r.id {
+            Id::S(s) => (**s).into(),
+            Id::I(i) => i.to_string().into(),
+        };
+        let prediction = match &r.prediction {
+            Pred::None => flat::Prediction::None,
+            Pred::F(x) => flat::Prediction::F(*x),
+            Pred::S(s) => flat::Prediction::S((**s).into()),
+        };
+        Ok(Bound::new(py, flat::EventEntry { id, ts: r.ts, offset, served_version: r.served_version, prediction,
+                                             features })?.into_any())
+    }
+
     /// The joiner's pending-label entry of `r`: `(id, ts, offset, label)`.
     fn label_tuple<'py>(&self, py: Python<'py>, r: &LabelRec, offset: &Bound<'py, PyAny>)
                         -> PyResult<Bound<'py, PyTuple>> {
@@ -357,10 +380,10 @@ impl Decoder {
     #[new]
     #[allow(clippy::too_many_arguments)]
     #[pyo3(signature = (names, codes, label_type, id_field, ts_field, max_record_bytes, max_string_length,
-                        max_abs_value, int_limit, event_cls, label_cls))]
+                        max_abs_value, int_limit, event_cls, label_cls, flat=None))]
     fn new(py: Python<'_>, names: Vec<String>, codes: Vec<u8>, label_type: &str, id_field: String, ts_field: String,
            max_record_bytes: usize, max_string_length: usize, max_abs_value: f64, int_limit: i64,
-           event_cls: PyObject, label_cls: PyObject) -> PyResult<Self> {
+           event_cls: PyObject, label_cls: PyObject, flat: Option<bool>) -> PyResult<Self> {
         use pyo3::exceptions::PyValueError;
         if names.len() != codes.len() || names.is_empty() || codes.iter().any(|c| *c > STR) {
             return Err(PyValueError::new_err(format!(
@@ -372,8 +395,16 @@ impl Decoder {
                 "Decoder: label_type '{label_type}'; allowed: 'binary', 'multiclass' or 'regression'")));
         };
         let py_names = names.iter().map(|n| PyString::intern(py, n).unbind()).collect();
+        // `flat`: events' entries as `flat::EventEntry` objects (None: when every feature
+        // is a float; False: tuples, as loadtest/trainer_throughput.py compares)
+        let all_float = codes.iter().all(|c| *c == FLOAT);
+        if flat == Some(true) && !all_float {
+            return Err(PyValueError::new_err(format!(
+                "Decoder: flat=True with feature codes {codes:?}; allowed: every feature a float (code 0)")));
+        }
+        let flat = flat.unwrap_or(all_float);
         Ok(Decoder { names, codes, py_names, label_type, id_field, ts_field, max_record_bytes, max_string_length,
-                     max_abs_value, int_limit, event_cls, label_cls })
+                     max_abs_value, int_limit, event_cls, label_cls, flat })
     }
 
     /// Pickled as its constructor's arguments (a topology that holds one is pickled for
@@ -383,7 +414,7 @@ impl Decoder {
         let d = slf.get();
         let args = (d.names.clone(), d.codes.clone(), d.label_type.name(), d.id_field.clone(), d.ts_field.clone(),
                     d.max_record_bytes, d.max_string_length, d.max_abs_value, d.int_limit, d.event_cls.clone_ref(py),
-                    d.label_cls.clone_ref(py)).into_pyobject(py)?;
+                    d.label_cls.clone_ref(py), d.flat).into_pyobject(py)?;
         Ok((slf.get_type().into_any(), args.into_any()))
     }
 
@@ -396,9 +427,10 @@ impl Decoder {
 
     /// The `PartitionMerger` items of a batch of polled messages of one topic partition
     /// (`event`: the events topic), for `NativePartitionJoiner`: `(ts, (kind, entry,
-    /// offset, message))` per message, the record being the joiner's entry tuple itself
-    /// (no `Event` or `Label`); None in place of an item for a message not in the common
-    /// form, whose index is in the second list (to decode in Python).
+    /// offset, message))` per message, the record being the joiner's entry itself (no
+    /// `Event` or `Label`): a `flat::EventEntry` for an event when every feature of the
+    /// schema is a float, else the entry tuple; None in place of an item for a message not
+    /// in the common form, whose index is in the second list (to decode in Python).
     #[pyo3(signature = (kind, messages, event))]
     fn items<'py>(&self, py: Python<'py>, kind: &Bound<'py, PyAny>, messages: &Bound<'py, PyList>, event: bool)
                   -> PyResult<(Bound<'py, PyList>, Vec<usize>)> {
@@ -409,11 +441,12 @@ impl Decoder {
             let offset = m.call_method0(pyo3::intern!(py, "offset"))?;
             let rec = match value.downcast::<PyBytes>() {
                 Ok(b) if event => match self.event(b.as_bytes()) {
-                    Some(r) => Some((r.ts, self.event_tuple(py, &r, &offset)?)),
+                    Some(r) if self.flat => Some((r.ts, self.event_flat(py, &r, offset.extract()?)?)),
+                    Some(r) => Some((r.ts, self.event_tuple(py, &r, &offset)?.into_any())),
                     None => None,
                 },
                 Ok(b) => match self.label(b.as_bytes()) {
-                    Some(r) => Some((r.ts, self.label_tuple(py, &r, &offset)?)),
+                    Some(r) => Some((r.ts, self.label_tuple(py, &r, &offset)?.into_any())),
                     None => None,
                 },
                 Err(_) => None,
@@ -461,6 +494,7 @@ fn batch<'py>(py: Python<'py>, values: &Bound<'py, PyList>,
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Decoder>()?;
     m.add_class::<joinstate::JoinState>()?;
+    m.add_class::<flat::EventEntry>()?;
     m.add_function(wrap_pyfunction!(changes::encode_changes, m)?)?;
     m.add_function(wrap_pyfunction!(changes::encode_snapshot, m)?)?;
     m.add_function(wrap_pyfunction!(sgd::lr_learn, m)?)?;
