@@ -38,10 +38,8 @@ fn push_bit(bits: &mut Vec<u8>, i: usize, on: bool) {
 }
 
 impl Column {
-    /// Append row `i`'s int `x` (None: a null); `None` unless this is an int column that
-    /// takes it (as `push` of the Python int).
-    fn push_int(&mut self, i: usize, x: Option<i64>) -> Option<()> {
-        let null = x.is_none();
+    /// Mark row `i` as holding a value or a null; `None` for a null in a column without nulls.
+    fn mark(&mut self, i: usize, null: bool) -> Option<()> {
         if null && !self.nullable {
             return None;
         }
@@ -49,6 +47,13 @@ impl Column {
             push_bit(&mut self.validity, i, !null);
             self.nulls += usize::from(null);
         }
+        Some(())
+    }
+
+    /// Append row `i`'s int `x` (None: a null), as `push` appends the Python int: `None`
+    /// unless this is an int column that takes it.
+    fn push_int(&mut self, i: usize, x: Option<i64>) -> Option<()> {
+        self.mark(i, x.is_none())?;
         let x = x.unwrap_or(0);
         match self.kind {
             I64 => self.values.extend_from_slice(&x.to_le_bytes()),
@@ -58,28 +63,24 @@ impl Column {
         Some(())
     }
 
-    /// Append a (non-null) string; `None` unless this is a string column. (A nullable
-    /// string column's validity bit is set as `push` sets it.)
+    /// Append row `i`'s string `s`; `None` unless this is a string column.
     fn push_str(&mut self, i: usize, s: &str) -> Option<()> {
         if self.kind != STR {
             return None;
         }
-        if self.nullable {
-            push_bit(&mut self.validity, i, true);
-        }
+        self.mark(i, false)?;
         self.values.extend_from_slice(s.as_bytes());
         self.offsets.push(i32::try_from(self.values.len()).ok()?);
         Some(())
     }
+
     /// Append row `i`'s float `x` (a `flat::EventEntry`'s ts or feature); `None` unless
     /// this is a float column.
     fn push_f64(&mut self, i: usize, x: f64) -> Option<()> {
         if self.kind != F64 {
             return None;
         }
-        if self.nullable {
-            push_bit(&mut self.validity, i, true);
-        }
+        self.mark(i, false)?;
         self.values.extend_from_slice(&x.to_le_bytes());
         Some(())
     }
@@ -88,13 +89,7 @@ impl Column {
     /// wrong type, a None in a column without nulls, an int out of range).
     fn push(&mut self, i: usize, v: &Bound<'_, PyAny>) -> Option<()> {
         let null = v.is_none();
-        if null && !self.nullable {
-            return None;
-        }
-        if self.nullable {
-            push_bit(&mut self.validity, i, !null);
-            self.nulls += usize::from(null);
-        }
+        self.mark(i, null)?;
         match self.kind {
             F64 => {
                 let x = if null { 0.0 } else { v.downcast_exact::<PyFloat>().ok()?.value() };
@@ -167,7 +162,7 @@ pub fn example_columns<'py>(py: Python<'py>, rows: &Bound<'py, PyList>, plan: Ve
                     (true, 2) => c.push_int(i, Some(e.offset)),
                     (true, 3) => c.push_int(i, e.served_version),
                     (true, 4) => match &e.prediction {
-                        Prediction::None => c.push(i, &py.None().into_bound(py)),
+                        Prediction::None => c.push(i, &py.None().into_bound(py)), // as the tuple's None
                         Prediction::F(x) => c.push_f64(i, *x),
                         Prediction::S(s) => c.push_str(i, s),
                     },
