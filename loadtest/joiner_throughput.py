@@ -103,7 +103,7 @@ def joiner(bootstrap: str, topology: Topology, tracker: DeliveryTracker) -> tupl
             ends[(topic, p)] = end
     stop = threading.Event()
     started: list[float] = []  # when the first poll hands over records (group join and assignment excluded)
-    poll = worker.io.poll
+    poll = worker.io.poll_grouped
 
     def timed_poll(*args, **kwargs):  # type: ignore[no-untyped-def]
         msgs, at_end = poll(*args, **kwargs)
@@ -111,7 +111,7 @@ def joiner(bootstrap: str, topology: Topology, tracker: DeliveryTracker) -> tupl
             started.append(time.perf_counter())
         return msgs, at_end
 
-    worker.io.poll = timed_poll  # type: ignore[method-assign]
+    worker.io.poll_grouped = timed_poll  # type: ignore[method-assign]
     while not stop.is_set():
         worker.step()
         if all(worker._offsets.get(tp, 0) >= end for tp, end in ends.items()):

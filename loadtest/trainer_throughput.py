@@ -118,7 +118,7 @@ def full_loop(bootstrap: str, n: int, data_dir: str, joiner_cls: type | None = N
     learner.poll_timeout = 0.0  # as `ct-stream run --role all` sets it
     started: list[float] = []
     assert joiner.io is not None
-    timed(joiner.io, "poll", started)
+    timed(joiner.io, "poll_grouped", started)
     while learner.learned < expected:
         joiner.tick()
         learner.step()

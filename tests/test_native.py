@@ -565,3 +565,38 @@ def test_native_event_entries_are_the_generated_packers_and_gc_untracked_as_cpyt
     assert entry == expected and type(entry) is tuple
     gc.collect(0)
     assert gc.is_tracked(entry) == gc.is_tracked(expected)
+
+
+class PolledMessage:
+    """The parts of a polled message that the grouping reads (``error()``, ``topic()``,
+    ``partition()``), and a serial number to follow it by."""
+
+    def __init__(self, n: int, topic: str, partition: int, error: str | None) -> None:
+        self.n, self._topic, self._partition, self._error = n, topic, partition, error
+
+    def error(self) -> str | None:
+        return self._error
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return self._partition
+
+
+@FUZZ
+@given(st.lists(st.tuples(st.sampled_from(["events", "labels"]), st.integers(0, 2), st.booleans(),
+                          st.sampled_from([None, None, None, "eof"])), max_size=60))
+def test_native_grouping_of_polled_messages_is_the_reference(spec_: list[tuple[str, int, bool, str | None]]) -> None:
+    """``group_messages`` gives what ``ct_stream.kafka.group._group_messages`` gives: the
+    messages by (topic, partition) in poll order, the errored ones apart in poll order;
+    topic names that are equal but other str objects group together."""
+    from ct_stream.kafka.group import _group_messages
+
+    msgs = [PolledMessage(n, "".join(list(topic)) if fresh else topic, p, err)
+            for n, (topic, p, fresh, err) in enumerate(spec_)]
+    want_groups, want_errored = _group_messages(msgs)
+    got_groups, got_errored = records._native.group_messages(msgs)  # type: ignore[union-attr]
+    assert {k: [m.n for m in v] for k, v in got_groups.items()} == {k: [m.n for m in v] for k, v in want_groups.items()}
+    assert list(got_groups) == list(want_groups)  # first-seen order, as the reference's dict
+    assert [m.n for m in got_errored] == [m.n for m in want_errored]

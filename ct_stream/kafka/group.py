@@ -48,12 +48,30 @@ from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from ct_stream.errors import BrokerError
+from ct_stream.native import module as _native
 from ct_stream.kafka.clients import (TopicSpec, admin_client, consumer_config, ensure_topics, produce_retrying,
                                     producer_config, read_to_end)
 
 __all__ = ["GroupIO", "Mode", "probe_transaction_isolation"]
 
 log = logging.getLogger("ct_stream.kafka.group")
+
+
+def _group_messages(messages: list[Any]) -> tuple[dict[tuple[str, int], list[Any]], list[Any]]:
+    """Polled messages by ``(topic, partition)``, in poll order, and the messages whose
+    ``error()`` is not None (the reference of the native ``group_messages``)."""
+    groups: dict[tuple[str, int], list[Any]] = {}
+    errored = []
+    for m in messages:
+        if m.error() is not None:
+            errored.append(m)
+        else:
+            groups.setdefault((m.topic(), m.partition()), []).append(m)
+    return groups, errored
+
+
+group_messages: Callable[[list[Any]], tuple[dict[tuple[str, int], list[Any]], list[Any]]] = \
+    _group_messages if _native is None else _native.group_messages
 
 Mode = Literal["exactly_once", "at_least_once"]
 
@@ -176,19 +194,24 @@ class GroupIO:
     def poll(self, max_records: int = 10_000, timeout: float = 0.1) -> tuple[list[Message], list[tuple[str, int]]]:
         """Up to ``max_records`` input records, and the ``(topic, partition)`` pairs that
         reached their end in this poll. Fatal broker errors raise; others are logged."""
-        out = []
+        groups, at_end = self.poll_grouped(max_records, timeout)
+        return [m for msgs in groups.values() for m in msgs], at_end
+
+    def poll_grouped(self, max_records: int = 10_000,
+                     timeout: float = 0.1) -> tuple[dict[tuple[str, int], list[Message]], list[tuple[str, int]]]:
+        """:meth:`poll`'s records by ``(topic, partition)`` (each in offset order), grouped
+        in one pass (natively with the module: :func:`group_messages`)."""
+        groups, errored = group_messages(self.consumer.consume(num_messages=max_records, timeout=timeout))
         at_end = []
-        for m in self.consumer.consume(num_messages=max_records, timeout=timeout):
+        for m in errored:
             err = m.error()
-            if err is None:
-                out.append(m)
-            elif err.code() == KafkaError._PARTITION_EOF:
+            if err.code() == KafkaError._PARTITION_EOF:
                 at_end.append((m.topic(), m.partition()))
             elif err.fatal():
                 raise BrokerError(f"fatal consumer error: {err}")
             else:
                 log.warning("consumer error: %s", err)
-        return out, at_end
+        return groups, at_end
 
     def at_end(self, topic: str, partition: int) -> bool:
         """True when this consumer has been handed every record up to the high watermark

@@ -183,7 +183,7 @@ class JoinerWorker:
         passed, or when the poll found the input caught up while examples wait."""
         assert self.io is not None
         # a commit in flight finishes at the next polls: do not let an idle input hold it up
-        msgs, at_end = self.io.poll(self.max_batch, timeout=0.01 if self.io.in_flight else 0.1)
+        msgs, at_end = self.io.poll_grouped(self.max_batch, timeout=0.01 if self.io.in_flight else 0.1)
         if msgs or at_end:
             self._process(msgs, at_end)
         self._unblock()
@@ -204,11 +204,10 @@ class JoinerWorker:
         (committed at the next :meth:`commit`)."""
         return dict(self._offsets)
 
-    def _process(self, msgs: list[Any], at_end: list[tuple[str, int]]) -> None:
+    def _process(self, grouped: dict[tuple[str, int], list[Any]], at_end: list[tuple[str, int]]) -> None:
+        """Feed one poll's records (by topic partition, as :meth:`GroupIO.poll_grouped`
+        gives them) and its ends of partition to the mergers, and release what is ready."""
         t = self.t
-        grouped: dict[tuple[str, int], list[Any]] = defaultdict(list)
-        for m in msgs:
-            grouped[(m.topic(), m.partition())].append(m)
         touched = set()
         for (topic, p), tp_msgs in grouped.items():
             merger = self._mergers.get(p)

@@ -15,6 +15,7 @@
 //!   `f64` array; to Python a sequence equal to the tuple.
 //! - `JoinState` (joinstate.rs): a partition joiner's state and rules, the engine of
 //!   `ct_stream.join.joiner.NativePartitionJoiner`.
+//! - `group_messages` (here): a poll's messages by topic partition, the errored apart.
 //! - `lr_learn` (sgd.rs): the default model's `learn_batch`, River's steps row by row.
 //!
 //! Each has its Python reference, and property tests compare the two (tests/test_native.py,
@@ -490,6 +491,46 @@ fn batch<'py>(py: Python<'py>, values: &Bound<'py, PyList>,
     Ok((out, missing))
 }
 
+/// Polled messages (`confluent_kafka.Message`s, or anything with their `error()`,
+/// `topic()` and `partition()` methods) by topic partition: `({(topic, partition):
+/// [messages in poll order]}, [messages whose error() is not None, in poll order])`.
+/// What `ct_stream.kafka.group._group_messages` does (the reference), without a Python
+/// loop and key tuple per message: a run of messages of one topic partition (a fetch
+/// response) is one dict lookup.
+#[pyfunction]
+fn group_messages<'py>(py: Python<'py>, messages: &Bound<'py, PyList>)
+                       -> PyResult<(Bound<'py, PyDict>, Bound<'py, PyList>)> {
+    let groups = PyDict::new(py);
+    let errored = PyList::empty(py);
+    let mut last: Option<(Bound<'py, PyAny>, Bound<'py, PyAny>, Bound<'py, PyList>)> = None;
+    for m in messages.iter() {
+        if !m.call_method0(pyo3::intern!(py, "error"))?.is_none() {
+            errored.append(&m)?;
+            continue;
+        }
+        let topic = m.call_method0(pyo3::intern!(py, "topic"))?;
+        let partition = m.call_method0(pyo3::intern!(py, "partition"))?;
+        let same = match &last {
+            Some((t, p, _)) => (t.is(&topic) || t.eq(&topic)?) && (p.is(&partition) || p.eq(&partition)?),
+            None => false,
+        };
+        if !same {
+            let key = PyTuple::new(py, [&topic, &partition])?;
+            let list = match groups.get_item(&key)? {
+                Some(l) => l.downcast_into::<PyList>()?,
+                None => {
+                    let l = PyList::empty(py);
+                    groups.set_item(&key, &l)?;
+                    l
+                }
+            };
+            last = Some((topic, partition, list));
+        }
+        last.as_ref().expect("set above").2.append(&m)?;
+    }
+    Ok((groups, errored))
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Decoder>()?;
@@ -500,5 +541,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(sgd::lr_learn, m)?)?;
     m.add_function(wrap_pyfunction!(columns::example_columns, m)?)?;
     m.add_function(wrap_pyfunction!(entry::event_entry, m)?)?;
+    m.add_function(wrap_pyfunction!(group_messages, m)?)?;
     Ok(())
 }
