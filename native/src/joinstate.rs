@@ -17,8 +17,14 @@
 //! `(1, label entry, capacity)` for a label whose event never came,
 //! `(2, event entry, capacity)` for an event expired under the `dlq` policy.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
+
+/// The id map's hasher: aHash with keys drawn at random per process, as SipHash's are in
+/// std's `RandomState` (ids are user data: nobody can aim ids at one bucket without the
+/// keys), at about a third of SipHash-1-3's cost per id here.
+type HashMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
+type HashSet<K> = std::collections::HashSet<K, ahash::RandomState>;
 
 use pyo3::exceptions::{PyKeyError, PyValueError};
 use pyo3::intern;
@@ -576,7 +582,7 @@ impl JoinState {
 
     /// The ids changed since the last drain, each once, in first-change order.
     fn changed(&self) -> Vec<Arc<str>> {
-        let mut seen: HashSet<&str> = HashSet::with_capacity(self.log.len());
+        let mut seen: HashSet<&str> = HashSet::with_capacity_and_hasher(self.log.len(), Default::default());
         self.log.iter().filter(|i| seen.insert(i)).cloned().collect()
     }
 
@@ -724,7 +730,7 @@ impl JoinState {
             wm: f64::NEG_INFINITY,
             seq: 0,
             log_seq: 0,
-            map: HashMap::new(),
+            map: HashMap::default(),
             n_events: 0,
             n_labels: 0,
             n_done: 0,
