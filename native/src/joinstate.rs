@@ -9,8 +9,9 @@
 //! the done memory's time buckets in a B-tree, and the change log as a list of ids. The
 //! payloads stay the Python objects the reference uses: a pending record is its entry
 //! tuple (`(id, ts, offset, served_version, prediction, *feature values)` for an
-//! event, `(id, ts, offset, label)` for a label), so the example rows, the change-log
-//! encoders and the Arrow columns are the same as the reference's.
+//! event, `(id, ts, offset, label)` for a label), or for an event of an all-float schema
+//! the `flat::EventEntry` that stands for that tuple, so the example rows, the
+//! change-log encoders and the Arrow columns are the same as the reference's.
 //!
 //! Dead letters are returned as small tuples for the Python side to turn into
 //! `DeadLetter` objects: `(0, input, watermark, max_ts)` for a late input,
