@@ -861,7 +861,8 @@ def test_native_encoded_drain_decodes_to_the_reference_drain() -> None:
 
 def test_the_worker_joins_with_the_native_state_when_it_is_built() -> None:
     """With the module the worker restores into the native joiner and feeds it the
-    decoder's packed entries (in the schema's feature order); without it, the reference."""
+    decoder's packed entries (in the schema's feature order), which the decoder queues
+    into the native mergers itself; without it, the reference."""
     from ct_stream.runtime.joiner import JoinerWorker
     from ct_stream.topology import Topology
 
@@ -871,7 +872,7 @@ def test_the_worker_joins_with_the_native_state_when_it_is_built() -> None:
     native = joiner_module._native is not None
     assert joiner_module.partition_joiner_class() is \
         (joiner_module.NativePartitionJoiner if native else PartitionJoiner)
-    assert (worker._items is not None) == native and worker._entry_names == ("b", "a")
+    assert (worker._items_into is not None) == native and worker._entry_names == ("b", "a")
 
 
 class FakeMessage:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ct_stream.join.merge import PartitionMerger
+from ct_stream.native import module as _native
 
 sorted_ts = st.lists(st.floats(0, 1000, allow_nan=False), max_size=40).map(sorted)
 
@@ -111,3 +113,42 @@ def test_take_payloads_releases_what_take_releases_without_the_kinds(data):
         taken[0].extend(x for _, x in mergers[0].take())
         taken[1].extend(mergers[1].take_payloads())
     assert taken[0] == taken[1]
+
+
+@pytest.mark.skipif(_native is None, reason="ct_stream._native is not built (no cargo)")
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), grace=st.sampled_from([0.0, 1.0]), max_wait=st.sampled_from([0.0, 5.0]))
+def test_native_merger_releases_what_the_reference_releases(data, grace, max_wait):
+    """``ct_stream._native.Merger`` (the worker's merger with the native data path) and
+    ``PartitionMerger`` fed alike (undecodable records, ties and unsorted stamps, ends of
+    partition, the ``max_wait`` clock, records placed with ``Decoder.items_into`` and
+    ``put``) release the same (kind, payload) pairs in the same order, through ``take``
+    and ``take_payloads``, and agree on ``buffered`` and ``waiting_for`` after every step."""
+    now = [0.0]
+    ref = PartitionMerger(grace, max_wait, lambda: now[0])
+    nat = _native.Merger(grace, max_wait, lambda: now[0])
+    stamp = st.one_of(st.none(), st.sampled_from([0.0, 1.0, 2.0, 2.5, 4.0]), st.floats(0, 100, allow_nan=False))
+    for step in range(data.draw(st.integers(1, 16))):
+        op = data.draw(st.sampled_from(["add-event", "add-label", "end-event", "end-label", "wait"]))
+        if op.startswith("add"):
+            kind = op[4:]
+            items = [(ts, (kind, step, k)) for k, ts in enumerate(data.draw(st.lists(stamp, max_size=6)))]
+            ref.add(kind, items)
+            if data.draw(st.booleans()):
+                nat.add(kind, items)
+            else:  # placeholders first, then each record put in its place (the decoder's fallback)
+                base = nat.buffered(kind)
+                nat.add(kind, [(None, None)] * len(items))
+                for k, (ts, payload) in enumerate(items):
+                    nat.put(kind, base + k, ts, payload)
+        elif op.startswith("end"):
+            ref.mark_end(op[4:])
+            nat.mark_end(op[4:])
+        else:
+            now[0] += data.draw(st.sampled_from([1.0, 6.0]))
+        if data.draw(st.booleans()):
+            assert nat.take() == ref.take()
+        else:
+            assert nat.take_payloads() == ref.take_payloads()
+        assert (nat.buffered("event"), nat.buffered("label"), nat.waiting_for()) == \
+            (ref.buffered("event"), ref.buffered("label"), ref.waiting_for())

@@ -38,6 +38,7 @@ from ct_stream.metrics import JoinerMetrics
 from ct_stream.join.arrow import example_messages
 from ct_stream.join.changelog import ChangelogWriter, read_changelog
 from ct_stream.join.merge import PartitionMerger
+from ct_stream.native import module as _native
 from ct_stream.records import (Event, Label, Reason, Reject, decode_event, decode_events, decode_label,
                                decode_labels, encode_event, encode_label)
 from ct_stream.runtime.smoke import dlq_headers
@@ -80,7 +81,7 @@ class JoinerWorker:
         self.io: GroupIO | None = None
         self.group = JoinerGroup(topology.join, clock=clock)
         self._buffers: dict[int, list[Any]] = defaultdict(list)
-        self._mergers: dict[int, PartitionMerger] = {}
+        self._mergers: dict[int, Any] = {}  # PartitionMerger, or its native twin (ct_stream._native.Merger)
         # per partition: records that failed to decode, held in its merger until released
         self._rejects_held: Counter[int] = Counter()
         self._offsets: dict[tuple[str, int], int] = {}
@@ -89,10 +90,11 @@ class JoinerWorker:
         self._reported: Counter[str] = Counter()
         self._changelogs: dict[int, ChangelogWriter] = {}  # per assigned partition, made by _restore
         # With the native data path the decoder packs the joiner's entries from the polled
-        # messages itself (no Event or Label objects; docs/native.md), in this name order.
+        # messages itself (no Event or Label objects; docs/native.md), in this name order,
+        # and queues them straight into the partitions' native mergers.
         decoder = topology.record_schema._native_decoder
         native = decoder is not None and partition_joiner_class() is NativePartitionJoiner
-        self._items: Callable[..., tuple[list[Any], list[int]]] | None = decoder.items if native else None
+        self._items_into: Callable[..., tuple[int, list[int]]] | None = decoder.items_into if native else None
         self._entry_names = tuple(topology.record_schema.features)
 
     # Setup ---------------------------------------------------------------------------
@@ -132,7 +134,8 @@ class JoinerWorker:
         for p in sorted({p for _, p in tps}):
             if p not in self.group.partitions:
                 self.group.add_partition(self._restore(p))
-                self._mergers[p] = PartitionMerger(self.t.join.grace, self.t.join.idle_timeout, self.clock)
+                merger = PartitionMerger if self._items_into is None else _native.Merger  # type: ignore[union-attr]
+                self._mergers[p] = merger(self.t.join.grace, self.t.join.idle_timeout, self.clock)
         self.metrics.child(self.metrics.assigned).set(len(self.group.partitions))
 
     def _restore(self, partition: int) -> PartitionJoiner | NativePartitionJoiner:
@@ -214,7 +217,10 @@ class JoinerWorker:
             if merger is None:
                 continue  # polled just before its partition was revoked: the new owner re-reads it
             kind = "event" if topic == t.events_topic else "label"
-            merger.add(kind, self._merger_items(kind, tp_msgs, p))  # type: ignore[arg-type]
+            if self._items_into is not None:
+                self._queue_native(merger, kind, tp_msgs, p)
+            else:
+                merger.add(kind, self._merger_items(kind, tp_msgs, p))  # type: ignore[arg-type]
             self.metrics.child(self.metrics.records, kind).inc(len(tp_msgs))
             touched.add(p)
         for topic, p in at_end:
@@ -226,19 +232,24 @@ class JoinerWorker:
             self._release(p)
             self._backpressure(p)
 
+    def _queue_native(self, merger: Any, kind: str, msgs: list[Any], p: int) -> None:
+        """Queue one topic partition's polled messages into its native merger: the decoder
+        packs the joiner's entries and queues them itself (docs/native.md); a message not
+        in the common form is decoded here into the place it left (a reject with ts
+        ``None``, counted as held)."""
+        assert self._items_into is not None
+        base, missing = self._items_into(merger, kind, msgs, kind == "event")
+        decode_one = decode_event if kind == "event" else decode_label
+        for i in missing:
+            m = msgs[i]
+            record = decode_one(m.value(), self.t.record_schema, m.timestamp()[1])
+            reject = record.__class__ is Reject
+            self._rejects_held[p] += reject
+            merger.put(kind, base + i, None if reject else record.ts, (kind, record, m.offset(), m))
+
     def _merger_items(self, kind: str, msgs: list[Any], p: int) -> list[tuple[float | None, tuple[str, Any, int, Any]]]:
         """The merger items of one topic partition's polled messages: ``(ts, joiner input
         (kind, record, offset, message))``, a reject with ts ``None`` (counted as held)."""
-        if self._items is not None:  # the native decoder packs the joiner's entries itself
-            items, missing = self._items(kind, msgs, kind == "event")
-            decode_one = decode_event if kind == "event" else decode_label
-            for i in missing:  # not in the common form: decoded here
-                m = msgs[i]
-                record = decode_one(m.value(), self.t.record_schema, m.timestamp()[1])
-                reject = record.__class__ is Reject
-                self._rejects_held[p] += reject
-                items[i] = (None if reject else record.ts, (kind, record, m.offset(), m))
-            return items  # type: ignore[no-any-return]
         decode = decode_events if kind == "event" else decode_labels
         good, rejects = decode([m.value() for m in msgs], self.t.record_schema, [m.timestamp()[1] for m in msgs])
         if not rejects:
@@ -329,7 +340,7 @@ class JoinerWorker:
                     break
         if good:
             joiner = self.group.partitions[p]
-            if self._items is not None:
+            if self._items_into is not None:
                 out = joiner.process(good, self._entry_names)  # type: ignore[arg-type, call-arg]
             else:
                 out = joiner.process(good)  # type: ignore[arg-type]

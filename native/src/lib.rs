@@ -15,6 +15,8 @@
 //!   `f64` array; to Python a sequence equal to the tuple.
 //! - `JoinState` (joinstate.rs): a partition joiner's state and rules, the engine of
 //!   `ct_stream.join.joiner.NativePartitionJoiner`.
+//! - `Merger` (merge.rs): a partition's events and labels in timestamp order, filled by
+//!   `Decoder.items_into`.
 //! - `group_messages` (here): a poll's messages by topic partition, the errored apart.
 //! - `lr_learn` (sgd.rs): the default model's `learn_batch`, River's steps row by row.
 //!
@@ -27,6 +29,7 @@ mod entry;
 mod flat;
 mod joinstate;
 mod json;
+mod merge;
 mod sgd;
 
 use json::{Scanner, Val};
@@ -318,6 +321,28 @@ impl Decoder {
                                     r.label.object(py)?])?)
     }
 
+    /// A polled message's offset and, when its value is in the common form, its ts and
+    /// the joiner's entry (see `items`).
+    #[allow(clippy::type_complexity)]
+    fn entry<'py>(&self, py: Python<'py>, m: &Bound<'py, PyAny>, event: bool)
+                  -> PyResult<(Bound<'py, PyAny>, Option<(f64, Bound<'py, PyAny>)>)> {
+        let value = m.call_method0(pyo3::intern!(py, "value"))?;
+        let offset = m.call_method0(pyo3::intern!(py, "offset"))?;
+        let rec = match value.downcast::<PyBytes>() {
+            Ok(b) if event => match self.event(b.as_bytes()) {
+                Some(r) if self.flat => Some((r.ts, self.event_flat(py, &r, offset.extract()?)?)),
+                Some(r) => Some((r.ts, self.event_tuple(py, &r, &offset)?.into_any())),
+                None => None,
+            },
+            Ok(b) => match self.label(b.as_bytes()) {
+                Some(r) => Some((r.ts, self.label_tuple(py, &r, &offset)?.into_any())),
+                None => None,
+            },
+            Err(_) => None,
+        };
+        Ok((offset, rec))
+    }
+
     fn label_object<'py>(&self, py: Python<'py>, r: &LabelRec) -> PyResult<Bound<'py, PyAny>> {
         self.label_cls.bind(py).call1((id_object(py, &r.id), PyFloat::new(py, r.ts), r.label.object(py)?))
     }
@@ -438,20 +463,7 @@ impl Decoder {
         let out = PyList::empty(py);
         let mut missing = Vec::new();
         for (i, m) in messages.iter().enumerate() {
-            let value = m.call_method0(pyo3::intern!(py, "value"))?;
-            let offset = m.call_method0(pyo3::intern!(py, "offset"))?;
-            let rec = match value.downcast::<PyBytes>() {
-                Ok(b) if event => match self.event(b.as_bytes()) {
-                    Some(r) if self.flat => Some((r.ts, self.event_flat(py, &r, offset.extract()?)?)),
-                    Some(r) => Some((r.ts, self.event_tuple(py, &r, &offset)?.into_any())),
-                    None => None,
-                },
-                Ok(b) => match self.label(b.as_bytes()) {
-                    Some(r) => Some((r.ts, self.label_tuple(py, &r, &offset)?.into_any())),
-                    None => None,
-                },
-                Err(_) => None,
-            };
+            let (offset, rec) = self.entry(py, &m, event)?;
             match rec {
                 Some((ts, rec)) => out.append((ts, (kind, rec, offset, &m)))?,
                 None => {
@@ -461,6 +473,34 @@ impl Decoder {
             }
         }
         Ok((out, missing))
+    }
+
+    /// What `items` gives, queued straight into `merger` (a `merge::Merger`) for `kind`
+    /// (no item tuple or ts float per record): `(base, missing)`, where the record of a
+    /// message not in the common form is a placeholder at queue index `base + i` for each
+    /// `i` in `missing`, for the caller to decode and `put` before anything is taken.
+    #[pyo3(signature = (merger, kind, messages, event))]
+    fn items_into<'py>(&self, py: Python<'py>, merger: &Bound<'py, merge::Merger>, kind: &Bound<'py, PyAny>,
+                       messages: &Bound<'py, PyList>, event: bool) -> PyResult<(usize, Vec<usize>)> {
+        let k = if event { 0 } else { 1 };
+        let mut m = merger.borrow_mut();
+        let queue = m.queue(k);
+        let base = queue.len();
+        let mut missing = Vec::new();
+        for (i, msg) in messages.iter().enumerate() {
+            let (offset, rec) = self.entry(py, &msg, event)?;
+            queue.push_back(match rec {
+                Some((ts, rec)) => merge::Item {
+                    ts: Some(ts),
+                    payload: PyTuple::new(py, [kind, &rec, &offset, &msg])?.into_any().unbind(),
+                },
+                None => {
+                    missing.push(i);
+                    merge::Item { ts: None, payload: py.None() }
+                }
+            });
+        }
+        Ok((base, missing))
     }
 
     /// The labels of a batch of record values, like :meth:`events`.
@@ -536,6 +576,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Decoder>()?;
     m.add_class::<joinstate::JoinState>()?;
     m.add_class::<flat::EventEntry>()?;
+    m.add_class::<merge::Merger>()?;
     m.add_function(wrap_pyfunction!(changes::encode_changes, m)?)?;
     m.add_function(wrap_pyfunction!(changes::encode_snapshot, m)?)?;
     m.add_function(wrap_pyfunction!(sgd::lr_learn, m)?)?;
