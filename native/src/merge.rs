@@ -62,40 +62,28 @@ impl Merger {
         let out = PyList::empty(py);
         if !self.queues[EVENT].is_empty() && !self.queues[LABEL].is_empty() {
             // the common case: both queues hold records
-            let (mut last_e, mut last_l) = (None, None);
+            let mut last: [Option<f64>; 2] = [None, None];
             loop {
                 let et = self.queues[EVENT][0].ts;
                 let lt = self.queues[LABEL][0].ts;
-                let label_first = match (et, lt) {
-                    (Some(_), None) => true,
-                    (Some(e), Some(l)) => e > l,
-                    (None, _) => false,
+                let kind = match (et, lt) {
+                    (Some(_), None) => LABEL,
+                    (Some(e), Some(l)) if e > l => LABEL,
+                    _ => EVENT,
                 };
-                if label_first {
-                    let it = self.pop(LABEL);
-                    Self::emit(py, &out, bare, LABEL, it.payload)?;
-                    if lt.is_some() {
-                        last_l = lt;
-                    }
-                    if self.queues[LABEL].is_empty() {
-                        break;
-                    }
-                } else {
-                    let it = self.pop(EVENT);
-                    Self::emit(py, &out, bare, EVENT, it.payload)?;
-                    if et.is_some() {
-                        last_e = et;
-                    }
-                    if self.queues[EVENT].is_empty() {
-                        break;
-                    }
+                let it = self.pop(kind);
+                if it.ts.is_some() {
+                    last[kind] = it.ts;
+                }
+                Self::emit(py, &out, bare, kind, it.payload)?;
+                if self.queues[kind].is_empty() {
+                    break;
                 }
             }
-            if let Some(t) = last_e {
-                self.last_ts[EVENT] = t;
-            }
-            if let Some(t) = last_l {
-                self.last_ts[LABEL] = t;
+            for kind in [EVENT, LABEL] {
+                if let Some(t) = last[kind] {
+                    self.last_ts[kind] = t;
+                }
             }
         }
         loop {
