@@ -145,10 +145,13 @@ pub fn example_columns<'py>(py: Python<'py>, rows: &Bound<'py, PyList>, plan: Ve
         .collect();
     for (i, row) in rows.iter().enumerate() {
         let Ok(row) = row.downcast_exact::<PyTuple>() else { return Ok(None) };
-        let Ok(entry) = row.get_borrowed_item(0) else { return Ok(None) };
+        if row.len() != 6 || !row.get_borrowed_item(1)?.is(names) {
+            return Ok(None);
+        }
+        let entry = row.get_borrowed_item(0)?;
         if let Ok(flat) = entry.downcast_exact::<EventEntry>() {
             let e = flat.get();
-            if row.len() != 6 || !row.get_borrowed_item(1)?.is(names) || e.width() != width {
+            if e.width() != width {
                 return Ok(None);
             }
             for c in cols.iter_mut() {
@@ -175,8 +178,7 @@ pub fn example_columns<'py>(py: Python<'py>, rows: &Bound<'py, PyList>, plan: Ve
             continue;
         }
         let Ok(entry) = entry.downcast_exact::<PyTuple>() else { return Ok(None) };
-        if row.len() != 6 || !row.get_borrowed_item(1)?.is(names) || entry.len() != width
-            || (width > 5 && entry.get_borrowed_item(5)?.is(own)) {
+        if entry.len() != width || (width > 5 && entry.get_borrowed_item(5)?.is(own)) {
             return Ok(None);
         }
         for c in cols.iter_mut() {
