@@ -100,11 +100,11 @@ def full_loop(bootstrap: str, n: int, data_dir: str, joiner_cls: type | None = N
     """One full-loop round; ``joiner_cls`` replaces the worker's partition joiner class;
     ``flat=False`` makes the native decoder pack entry tuples in place of ``EventEntry``s.
 
-    The generated input (``2n`` Python records) is produced, then dropped and collected
-    before the workers start: in ``ct-stream run`` the producing application is another
-    process, and here its objects would otherwise sit in the collector's oldest generation
-    and be walked by every full collection of the measured loop. ``release_input=False``
-    keeps them (the benchmark as it was before the eighth session)."""
+    The generated input (``n`` events and about ``0.7 n`` labels as Python records) is
+    produced, then dropped and collected before the workers start: in ``ct-stream run``
+    the producing application is another process. Kept alive, it made the measured loop
+    slower (docs/performance.md) although the collector's time did not change; why was
+    not found. ``release_input=False`` keeps it (the benchmark before the eighth session)."""
     if joiner_cls is not None:
         runtime_joiner.partition_joiner_class = lambda: joiner_cls
     t = topology(f"loop-{uuid.uuid4().hex[:6]}", data_dir)
