@@ -347,11 +347,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if len(workers) == 1:
         workers[0].run(stop)
         return 0
-    trainer.poll_timeout = 0.0  # the joiner's poll is the one that waits when there is nothing to do
-    try:  # both in one thread, one step each in turn
+    from ct_stream.runtime.together import JoinAndTrain
+
+    loop = JoinAndTrain(joiner, trainer)  # both in one thread, one step each in turn
+    try:
         while not stop.is_set():
-            joiner.tick()
-            trainer.step()
+            loop.step()
     finally:
         joiner.close()
         trainer.close()

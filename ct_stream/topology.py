@@ -184,7 +184,7 @@ class JoinSpec(_Spec):
     build corrections, for ``2 * max_label_delay + grace``) before the oldest are
     forgotten early.
     ``commit_interval``: seconds between transactions (micro-batch commits) at most: the
-    joiner also commits as soon as a poll finds its input caught up while examples wait.
+    joiner also commits as soon as its input has had no record for 0.1 s while examples wait.
     """
 
     max_label_delay: Any = "1h"

@@ -10,7 +10,7 @@ is handed to the moment the last example is learned):
 1. **full loop**, one process, as ``ct-stream run --role all`` does: events and labels
    (70% labelled, labels up to 5 s later) produced first (the generated records are then
    dropped and collected: the producing application is another process), then the joiner and the trainer
-   stepped in turn in one thread until every event's example (joined or expired) is
+   stepped in turn in one thread (``JoinAndTrain``) until every event's example (joined or expired) is
    learned. Default model (StandardScaler + LogisticRegression: the batch path). The
    input ends with an end-of-input event and label per partition a day later, whose
    watermark expires what is still pending (see loadtest/joiner_throughput.py). Run
@@ -59,6 +59,7 @@ from ct_stream.native import module as native  # noqa: E402
 from ct_stream.runtime import joiner as runtime_joiner  # noqa: E402
 from ct_stream.runtime.joiner import JoinerWorker  # noqa: E402
 from ct_stream.runtime.pipeline import end_of_input  # noqa: E402
+from ct_stream.runtime.together import JoinAndTrain  # noqa: E402
 from ct_stream.runtime.trainer import TrainerWorker  # noqa: E402
 from ct_stream.synthetic import generate  # noqa: E402
 from ct_stream.topology import Topology  # noqa: E402
@@ -126,13 +127,12 @@ def full_loop(bootstrap: str, n: int, data_dir: str, joiner_cls: type | None = N
     joiner = JoinerWorker(t, bootstrap, mode="at_least_once")
     joiner.setup()
     learner = trainer(t, bootstrap, data_dir)
-    learner.poll_timeout = 0.0  # as `ct-stream run --role all` sets it
+    loop = JoinAndTrain(joiner, learner)  # as `ct-stream run --role all` runs them
     started: list[float] = []
     assert joiner.io is not None
     timed(joiner.io, "poll_grouped", started)
     while learner.learned < expected:
-        joiner.tick()
-        learner.step()
+        loop.step()
     elapsed = time.perf_counter() - started[0]
     joiner.close()
     learner.close()

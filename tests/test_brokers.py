@@ -13,8 +13,8 @@ import uuid
 import pytest
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from ct_stream.kafka.clients import (TopicSpec, admin_client, cluster_answers, ensure_topics, make_consumer,
-                                    make_producer, read_to_end)
+from ct_stream.kafka.clients import (TopicSpec, admin_client, cluster_answers, consume_available, ensure_topics,
+                                    make_consumer, make_producer, read_to_end)
 from ct_stream.errors import BrokerError
 from tests.helpers import process_alive, wait_for
 
@@ -269,3 +269,32 @@ def test_an_idempotent_commit_in_flight_completes_in_order_without_blocking_the_
     changes = [(m.key(), m.value()) for batch in read_to_end(broker.bootstrap, state, {0: 0}) for m in batch]
     assert outputs == [b"example-1", b"example-2"]
     assert changes == [(b"k1", b"state-1"), (b"k2", b"state-2"), (b"k3", b"state-3")]
+
+
+def test_a_poll_hands_over_the_records_ready_without_waiting_for_a_full_batch(broker):
+    topic = broker.topic()
+    ensure_topics(broker.bootstrap, [TopicSpec(topic, 1)])
+    producer = make_producer(broker.bootstrap)
+    for i in range(50):
+        producer.produce(topic, value=f"v{i}".encode())
+    assert producer.flush(30) == 0
+    consumer = make_consumer(broker.bootstrap, None)
+    consumer.assign([TopicPartition(topic, 0, 0)])
+    try:
+        # `consume(num_messages=10_000, timeout=30)` would hold these 50 for the whole 30 s
+        started = time.monotonic()
+        got: list = []
+        while len(got) < 50 and time.monotonic() - started < 30:
+            batch = consume_available(consumer, 10_000, timeout=30.0)
+            assert batch, "a poll with records ready (or arriving within the timeout) returned none"
+            got.extend(m for m in batch if m.error() is None)
+        assert time.monotonic() - started < 15, "the poll waited for its timeout with records ready"
+        assert [m.value() for m in got] == [f"v{i}".encode() for i in range(50)]
+        producer.produce(topic, value=b"more")
+        producer.produce(topic, value=b"still more")
+        assert producer.flush(30) == 0
+        first = wait_for(lambda: [m for m in consume_available(consumer, 1, timeout=1.0) if m.error() is None],
+                         30, "the next record")
+        assert [m.value() for m in first] == [b"more"]  # never more than max_records
+    finally:
+        consumer.close()

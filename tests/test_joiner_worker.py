@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from ct_stream.kafka.clients import make_producer, produce_retrying, read_to_end
 from ct_stream.records import decode_examples
+from ct_stream.runtime import joiner as joiner_module
 from ct_stream.runtime.joiner import JoinerWorker
 from ct_stream.synthetic import generate
 from ct_stream.topology import Topology
@@ -247,3 +248,34 @@ def test_a_topic_far_ahead_is_paused_until_the_other_catches_up(broker):
     # the last events' labels are within grace of the stream's end: still pending is fine
     assert len(joined) >= n - 40 and all(joined[f"a{i}"] == bool(i % 2) for i in range(n - 40))
     assert Counter(r["id"] for r in rows).most_common(1)[0][1] == 1
+
+
+def test_examples_go_out_once_the_input_has_been_quiet_for_a_moment_not_at_the_interval(broker):
+    # the interval never comes (1 h on a clock that only the test moves): every commit
+    # here is one of "the input is caught up while examples wait"
+    topology = joiner_topology(broker.topic("caught"), partitions=1, commit_interval="1h")
+    data = generate(topology, 200, seed=5, label_fraction=1.0, max_delay=0.5)
+    now = [1_000.0]
+    registry = CollectorRegistry()
+    worker = JoinerWorker(topology, broker.bootstrap, mode="at_least_once", registry=registry, clock=lambda: now[0])
+    worker.setup()
+    try:
+        commits = lambda: registry.get_sample_value(  # noqa: E731
+            "ct_joiner_commit_duration_seconds_count", {"topology": topology.name}) or 0
+        before = commits()
+        produce_in_time_order(broker.bootstrap, topology, data)
+        # every label joined; the clock has not moved since the last records came
+        wait_for(lambda: worker.step() or worker.group.counts["joined"] == len(data.truth), 60, "the joins")
+        for _ in range(3):
+            worker.step()  # polls that find nothing, with examples waiting: not quiet for long enough yet
+        assert commits() == before
+        assert read_examples(broker.bootstrap, topology, committed=False) == []
+
+        now[0] += joiner_module.QUIET_SECONDS
+        worker.step()  # no record for QUIET_SECONDS: the examples go out now, not in an hour
+        assert commits() == before + 1
+        rows = wait_for(lambda: worker.step() or read_examples(broker.bootstrap, topology, committed=False),
+                        60, "the examples")
+        assert sorted(r["id"] for r in rows) == sorted(data.truth)
+    finally:
+        worker.close()

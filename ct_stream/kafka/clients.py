@@ -35,6 +35,7 @@ __all__ = [
     "TopicSpec",
     "admin_client",
     "cluster_answers",
+    "consume_available",
     "consumer_config",
     "ensure_topics",
     "make_consumer",
@@ -144,6 +145,25 @@ def make_consumer(bootstrap: str, group_id: str | None, passthrough: Mapping[str
     if "group.id" not in conf:
         conf["group.id"] = "ct-stream-unused"  # librdkafka requires one even for assign()
     return Consumer(conf)
+
+
+def consume_available(consumer: Consumer, max_records: int, timeout: float) -> list[Message]:
+    """Up to ``max_records`` messages: what the consumer holds now, without waiting for
+    more; only when it holds nothing, wait up to ``timeout`` seconds for the first.
+
+    ``Consumer.consume(num_messages=n, timeout=t)`` returns when it has ``n`` messages or
+    ``t`` has passed, so a caught-up input made every poll wait the whole timeout (at
+    the end of a backlog, 100 ms a poll with a few hundred records ready). Here a poll
+    gives what is ready: under load that is a full batch, and a quiet input still costs
+    no busy loop.
+    """
+    msgs = consumer.consume(num_messages=max_records, timeout=0)
+    if msgs or timeout <= 0:
+        return msgs
+    msgs = consumer.consume(num_messages=1, timeout=timeout)
+    if msgs and max_records > 1:
+        msgs.extend(consumer.consume(num_messages=max_records - 1, timeout=0))
+    return msgs
 
 
 def make_producer(bootstrap: str, passthrough: Mapping[str, Any] | None = None, **overrides: Any) -> Producer:

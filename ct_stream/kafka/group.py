@@ -49,8 +49,8 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from ct_stream.errors import BrokerError
 from ct_stream.native import module as _native
-from ct_stream.kafka.clients import (TopicSpec, admin_client, consumer_config, ensure_topics, produce_retrying,
-                                    producer_config, read_to_end)
+from ct_stream.kafka.clients import (TopicSpec, admin_client, consume_available, consumer_config, ensure_topics,
+                                    produce_retrying, producer_config, read_to_end)
 
 __all__ = ["GroupIO", "Mode", "probe_transaction_isolation"]
 
@@ -201,7 +201,7 @@ class GroupIO:
                      timeout: float = 0.1) -> tuple[dict[tuple[str, int], list[Message]], list[tuple[str, int]]]:
         """:meth:`poll`'s records by ``(topic, partition)`` (each in offset order), grouped
         in one pass (natively with the module: :func:`group_messages`)."""
-        groups, errored = group_messages(self.consumer.consume(num_messages=max_records, timeout=timeout))
+        groups, errored = group_messages(consume_available(self.consumer, max_records, timeout))
         at_end = []
         for m in errored:
             err = m.error()

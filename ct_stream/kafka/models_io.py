@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
 from ct_stream.errors import BrokerError
-from ct_stream.kafka.clients import make_consumer
+from ct_stream.kafka.clients import consume_available, make_consumer
 
 __all__ = ["ModelsTail", "OnRecord"]
 
@@ -102,7 +102,7 @@ class ModelsTail:
             last_warning = 0.0
             while not self._stop.is_set():
                 try:
-                    msgs = consumer.consume(num_messages=500, timeout=self.poll_timeout)
+                    msgs = consume_available(consumer, 500, self.poll_timeout)
                 except KafkaException as e:
                     err = e.args[0] if e.args else None
                     if err is not None and getattr(err, "fatal", lambda: False)():

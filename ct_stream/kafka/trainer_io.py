@@ -17,8 +17,8 @@ from typing import Any, Callable, Mapping, Sized
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from ct_stream.errors import BrokerError
-from ct_stream.kafka.clients import (DeliveryTracker, admin_client, make_consumer, make_producer, produce_retrying,
-                                    read_range, read_to_end)
+from ct_stream.kafka.clients import (DeliveryTracker, admin_client, consume_available, make_consumer, make_producer,
+                                    produce_retrying, read_range, read_to_end)
 
 __all__ = ["ExampleReader", "ModelPublisher", "read_back", "read_topic"]
 
@@ -57,7 +57,7 @@ class ExampleReader:
     def poll(self, max_records: int = 10_000, timeout: float = 0.1) -> list[tuple[int, int, bytes | None]]:
         """Up to ``max_records`` records. Fatal errors raise :class:`BrokerError`; others are logged."""
         out = []
-        for m in self.consumer.consume(num_messages=max_records, timeout=timeout):
+        for m in consume_available(self.consumer, max_records, timeout):
             err = m.error()
             if err is None:
                 p, o = m.partition(), m.offset()

@@ -51,6 +51,10 @@ log = logging.getLogger("ct_stream.joiner")
 ModeSetting = Literal["auto", "exactly_once", "at_least_once"]
 
 _MAX_MESSAGE_BYTES = 900_000  # an examples message above this is refused (Kafka's default limit is 1 MB)
+#: An input without a record for this long (seconds) is caught up: examples that wait are
+#: committed then, not at the next ``commit_interval``. A stream that flows commits at
+#: the interval (its records come more often than this).
+QUIET_SECONDS = 0.1
 
 
 class _Restart(CtStreamError):
@@ -63,6 +67,8 @@ class JoinerWorker:
     ``clock`` is wall time in seconds (injectable for tests); ``registry`` holds the
     metrics. ``max_batch`` is the most records one poll takes; ``max_held`` bounds the
     records the worker holds back for event-time order (see :meth:`_backpressure`).
+    ``poll_timeout`` is the longest a poll waits for input (10 ms at most while a commit
+    is in flight).
     """
 
     def __init__(self, topology: Topology, bootstrap: str, *, instance: str = "0", mode: ModeSetting = "auto",
@@ -75,6 +81,8 @@ class JoinerWorker:
         self.clock = clock
         self.max_batch = max_batch
         self.max_held = max_held
+        self.poll_timeout = 0.1
+        self.records_polled = 0  # input records handed to the mergers, since the worker was made
         self._paused: set[tuple[str, int]] = set()
         self.metrics = JoinerMetrics(registry or CollectorRegistry(), topology.name)
         self.mode: Mode | None = None
@@ -87,6 +95,7 @@ class JoinerWorker:
         self._offsets: dict[tuple[str, int], int] = {}
         self._last_commit = clock()
         self._last_tick = clock()
+        self._last_input = clock()  # when a poll last gave records
         self._reported: Counter[str] = Counter()
         self._changelogs: dict[int, ChangelogWriter] = {}  # per assigned partition, made by _restore
         # With the native data path the decoder packs the joiner's entries from the polled
@@ -186,18 +195,23 @@ class JoinerWorker:
         passed, or when the poll found the input caught up while examples wait."""
         assert self.io is not None
         # a commit in flight finishes at the next polls: do not let an idle input hold it up
-        msgs, at_end = self.io.poll_grouped(self.max_batch, timeout=0.01 if self.io.in_flight else 0.1)
+        timeout = min(0.01, self.poll_timeout) if self.io.in_flight else self.poll_timeout
+        msgs, at_end = self.io.poll_grouped(self.max_batch, timeout=timeout)
         if msgs or at_end:
             self._process(msgs, at_end)
         self._unblock()
         now = self.clock()
+        if msgs:
+            self._last_input = now
         if now - self._last_tick >= 1.0:
             self._tick(now)
             self._last_tick = now
         if now - self._last_commit >= self.t.join.commit_interval or (
-                not msgs and not self.io.in_flight and any(self._buffers.values())):
-            # every commit_interval, and as soon as the input is caught up (an empty poll)
-            # while examples wait: a quiet stream's last examples need not wait the interval
+                not msgs and not self.io.in_flight and now - self._last_input >= QUIET_SECONDS
+                and any(self._buffers.values())):
+            # every commit_interval, and as soon as the input is caught up (no record for
+            # QUIET_SECONDS) while examples wait: a quiet stream's last examples need not
+            # wait the interval
             self.commit(wait=False)
         elif self.io.in_flight:
             self.io.advance()  # a BrokerError starts over from the last commit (tick)
@@ -222,6 +236,7 @@ class JoinerWorker:
             else:
                 merger.add(kind, self._merger_items(kind, tp_msgs, p))  # type: ignore[arg-type]
             self.metrics.child(self.metrics.records, kind).inc(len(tp_msgs))
+            self.records_polled += len(tp_msgs)
             touched.add(p)
         for topic, p in at_end:
             merger = self._mergers.get(p)

@@ -23,6 +23,7 @@ from ct_stream.kafka.clients import DeliveryTracker, make_producer, produce_retr
 from ct_stream.records import Event, Label, encode_event, encode_label
 from ct_stream.runtime.joiner import JoinerWorker
 from ct_stream.runtime.models import read_updates
+from ct_stream.runtime.together import JoinAndTrain
 from ct_stream.runtime.trainer import TrainerWorker
 from ct_stream.topology import Topology
 
@@ -92,15 +93,14 @@ def run_pipeline(topology: Topology, bootstrap: str, *, signing_key: bytes, data
     joiner.setup()
     trainer = TrainerWorker(topology, bootstrap, signing_key=signing_key, data_dir=data_dir)
     trainer.setup()
-    trainer.poll_timeout = 0.0
+    loop = JoinAndTrain(joiner, trainer)
     log(f"joiner ({joiner.mode}) and trainer ({trainer.learner.path} path) running")
     assert joiner.io is not None
     decision = None
     deadline = time.monotonic() + timeout
     try:
         while True:
-            joiner.tick()
-            trainer.step()
+            loop.step()
             counts = joiner.group.counts
             written = counts["joined"] + counts["expired"] + counts["corrections"]
             done_up_to = joiner.processed_up_to()
