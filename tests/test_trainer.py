@@ -268,7 +268,7 @@ def test_restart_resumes_from_the_checkpoint(broker: Any, tmp_path: Path, window
     second = TrainerWorker(t, broker.bootstrap, signing_key=KEY)
     second.setup()
     assert second.learned == 1000 and second.learner.state() == state_after_first
-    assert list(second._seen_order) == list(first._seen_order) and second._seen == first._seen  # the dedupe memory
+    assert second._seen.keys() == first._seen.keys()  # the dedupe memory
     assert first.window.rows == min(1000, window_rows)
     assert second.window.table().equals(first.window.table())
     # the gate's holdout (recent rows with the losses they had when predicted) came back too
@@ -297,7 +297,7 @@ def test_restart_resumes_from_the_checkpoint(broker: Any, tmp_path: Path, window
     third = TrainerWorker(t, broker.bootstrap, signing_key=KEY)
     third.setup()
     third.close()
-    assert list(third._seen_order) == list(second._seen_order) and third.learned == 2000
+    assert third._seen.keys() == second._seen.keys() and third.learned == 2000
 
 
 def test_run_role_all_joins_learns_publishes_and_exposes_metrics(broker: Any, tmp_path: Path) -> None:

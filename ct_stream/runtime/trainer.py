@@ -63,6 +63,7 @@ from ct_stream.registry import (ArtifactRef, ModelUpdate, VerificationError, cha
                                 champion_with_artifact, check_successor, encode_unsigned, inline_size,
                                 path_from_uri, read_artifact_file, sign, store_artifact)
 from ct_stream.runtime.checkpoint import write_atomic
+from ct_stream.runtime.dedupe import dedupe_flags, dedupe_keys, keys_array, recent_keys
 from ct_stream.runtime.models import read_updates
 from ct_stream.runtime.smoke import dlq_headers
 from ct_stream.topology import Topology
@@ -119,16 +120,6 @@ class _Retrain:
     started: float
 
 
-def _dedupe_keys(table: pa.Table) -> list[str]:
-    """The dedupe key of each example: its id (a correction's apart from its expired example's)."""
-    keys = table.column("id").to_pylist()
-    outcomes = table.column("outcome")
-    if pc.any(pc.equal(outcomes, "correction")).as_py():
-        keys = [i if outcome != "correction" else i + "\x00correction"
-                for i, outcome in zip(keys, outcomes.to_pylist())]
-    return keys
-
-
 class TrainerWorker:
     """One trainer process's loop. ``run()`` until ``stop`` is set.
 
@@ -180,9 +171,7 @@ class TrainerWorker:
         self.concept = self._new_concept_monitor()
         self.data_drift = self._new_data_monitor()
         self.served = VersionMetrics(topology.label_type)
-        self._seen: set[str] = set()  # ids of the most recent examples (dedupe), oldest first in _seen_order
-        self._seen_order: deque[str] = deque()
-        self.dedupe_window = topology.retrain.window_rows
+        self._seen = recent_keys(topology.retrain.window_rows)  # keys of the most recent examples (dedupe)
         self.duplicates = 0
         # not checkpointed
         self.window = WindowStore(example_schema(topology.record_schema), topology.retrain.window_rows,
@@ -262,8 +251,7 @@ class TrainerWorker:
             self.data_drift = DataDriftMonitor.from_state(cp["data_drift"])
         self.served = pickle.loads(cp["served"])
         seen = cp["seen"]  # an Arrow string array; a list in checkpoints of earlier versions
-        self._seen_order = deque(seen.to_pylist() if isinstance(seen, pa.Array) else seen)
-        self._seen = set(self._seen_order)
+        self._seen = recent_keys(self.t.retrain.window_rows, seen.to_pylist() if isinstance(seen, pa.Array) else seen)
         self.duplicates = cp["duplicates"]
         self._recent = deque(cp.get("recent", ()))  # (a checkpoint from before it had none: refills)
         self._recent_rows = sum(t.num_rows for t, _, _ in self._recent)
@@ -310,7 +298,7 @@ class TrainerWorker:
             return
         table = pa.Table.from_batches([r[3] for r in kept])
         first: dict[str, int] = {}
-        for k, key in enumerate(_dedupe_keys(table)):
+        for k, key in enumerate(dedupe_keys(table)):
             first.setdefault(key, k)
         if len(first) != table.num_rows:
             table = table.take(pa.array(sorted(first.values())))
@@ -424,26 +412,11 @@ class TrainerWorker:
 
     def _dedupe(self, table: pa.Table) -> pa.Table:
         """Drop examples already learned: the same id (a correction counts apart from its
-        expired example) among the last ``dedupe_window`` examples. A joiner that runs
-        at-least-once (a broker without transaction isolation) writes a micro-batch again
-        after a crash; exactly-once joiners never do, and nothing is dropped."""
-        keys = _dedupe_keys(table)
-        seen, order = self._seen, self._seen_order
-        if seen.isdisjoint(keys) and len(set(keys)) == len(keys):  # the common case, in C: all new
-            seen.update(keys)
-            order.extend(keys)
-            keep = None
-        else:
-            keep = []
-            for key in keys:
-                if key in seen:
-                    keep.append(False)
-                else:
-                    seen.add(key)
-                    order.append(key)
-                    keep.append(True)
-        while len(order) > self.dedupe_window:
-            seen.discard(order.popleft())
+        expired example) among the last ``retrain.window_rows`` examples
+        (:mod:`ct_stream.runtime.dedupe`). A joiner that runs at-least-once (a broker
+        without transaction isolation) writes a micro-batch again after a crash;
+        exactly-once joiners never do, and nothing is dropped."""
+        keep = dedupe_flags(self._seen, table)
         dropped = 0 if keep is None else len(keep) - sum(keep)
         if not dropped:
             return table
@@ -800,7 +773,7 @@ class TrainerWorker:
               "served": pickle.dumps(self.served), "duplicates": self.duplicates,
               # as one Arrow array: pickled as a buffer, about a third of the time a list of
               # str takes (7 against 19 ms for 200,000 ids; a checkpoint follows every publish)
-              "seen": pa.array(list(self._seen_order), pa.string()),
+              "seen": keys_array(self._seen),
               "recent": list(self._recent)}  # the gate's holdout: a few thousand rows with their losses
         write_atomic(self.checkpoint_path, pickle.dumps(cp, protocol=pickle.HIGHEST_PROTOCOL))
         self._last_checkpoint = self.clock()

@@ -18,10 +18,11 @@
 //! - `Merger` (merge.rs): a partition's events and labels in timestamp order, filled by
 //!   `Decoder.items_into`.
 //! - `group_messages` (here): a poll's messages by topic partition, the errored apart.
+//! - `RecentKeys` (recent.rs): the trainer's dedupe memory, fed Arrow string buffers.
 //! - `lr_learn` (sgd.rs): the default model's `learn_batch`, River's steps row by row.
 //!
 //! Each has its Python reference, and property tests compare the two (tests/test_native.py,
-//! tests/test_learn.py).
+//! tests/test_learn.py, tests/test_dedupe.py).
 
 mod changes;
 mod columns;
@@ -30,6 +31,7 @@ mod flat;
 mod joinstate;
 mod json;
 mod merge;
+mod recent;
 mod sgd;
 
 use json::{Scanner, Val};
@@ -577,6 +579,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<joinstate::JoinState>()?;
     m.add_class::<flat::EventEntry>()?;
     m.add_class::<merge::Merger>()?;
+    m.add_class::<recent::RecentKeys>()?;
     m.add_function(wrap_pyfunction!(changes::encode_changes, m)?)?;
     m.add_function(wrap_pyfunction!(changes::encode_snapshot, m)?)?;
     m.add_function(wrap_pyfunction!(sgd::lr_learn, m)?)?;
