@@ -96,10 +96,9 @@ def dedupe_flags(recent: Any, table: pa.Table) -> list[bool] | None:
             and ids.num_chunks == 1 and ids.null_count == 0
             and not pc.any(pc.equal(table.column("outcome"), "correction")).as_py()):
         chunk = ids.chunk(0)
-        _, offsets, data = chunk.buffers()
-        empty = pa.py_buffer(b"")
-        return recent.add_utf8(offsets if offsets is not None else pa.py_buffer(b"\0\0\0\0"),
-                               data if data is not None else empty, chunk.offset, len(chunk))
+        if len(chunk):  # (an empty array may come without offsets: the list path has nothing to read)
+            _, offsets, data = chunk.buffers()
+            return recent.add_utf8(offsets, data if data is not None else pa.py_buffer(b""), chunk.offset, len(chunk))
     return recent.add(dedupe_keys(table))  # type: ignore[no-any-return]
 
 

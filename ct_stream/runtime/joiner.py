@@ -207,8 +207,7 @@ class JoinerWorker:
             self._tick(now)
             self._last_tick = now
         if now - self._last_commit >= self.t.join.commit_interval or (
-                not msgs and not self.io.in_flight and now - self._last_input >= QUIET_SECONDS
-                and any(self._buffers.values())):
+                not self.io.in_flight and now - self._last_input >= QUIET_SECONDS and any(self._buffers.values())):
             # every commit_interval, and as soon as the input is caught up (no record for
             # QUIET_SECONDS) while examples wait: a quiet stream's last examples need not
             # wait the interval

@@ -24,11 +24,10 @@ pub struct RecentKeys {
 }
 
 /// The bytes of a C-contiguous buffer of one-byte items.
-fn bytes<'a>(py: Python<'a>, b: &'a PyBuffer<i8>, what: &str) -> PyResult<&'a [u8]> {
+fn bytes<'a>(b: &'a PyBuffer<i8>, what: &str) -> PyResult<&'a [u8]> {
     if !b.is_c_contiguous() {
         return Err(PyValueError::new_err(format!("RecentKeys.add_utf8: {what} must be a contiguous buffer")));
     }
-    let _ = py;
     // SAFETY: a contiguous buffer of `len_bytes` bytes, kept alive (and its export held)
     // by `b` for the lifetime of the slice; i8 and u8 have the same layout.
     Ok(unsafe { std::slice::from_raw_parts(b.buf_ptr() as *const u8, b.len_bytes()) })
@@ -92,10 +91,10 @@ impl RecentKeys {
     /// buffers: `offsets` (int32, little-endian) and `data`, its `offset` and `length`.
     /// A ValueError, and nothing added, for buffers that do not hold such an array
     /// (offsets out of range or decreasing, values that are not UTF-8).
-    fn add_utf8(&mut self, py: Python<'_>, offsets: PyBuffer<i8>, data: PyBuffer<i8>, offset: usize,
+    fn add_utf8(&mut self, offsets: PyBuffer<i8>, data: PyBuffer<i8>, offset: usize,
                 length: usize) -> PyResult<Option<Vec<bool>>> {
-        let offs = bytes(py, &offsets, "offsets")?;
-        let data = bytes(py, &data, "data")?;
+        let offs = bytes(&offsets, "offsets")?;
+        let data = bytes(&data, "data")?;
         let bad = |what: &str| PyValueError::new_err(format!("RecentKeys.add_utf8: {what}"));
         let end = offset.checked_add(length).and_then(|e| e.checked_add(1)).ok_or_else(|| bad("length"))?;
         if offs.len() < end * 4 {
