@@ -357,3 +357,47 @@ def test_concept_drift_rejects_bad_input() -> None:
         with pytest.raises(LearnError, match=what):
             mon.update(bad)
     assert mon.update([]) == [] and mon.n_seen == 0
+
+
+def test_river_adwin_fed_through_its_compiled_window_matches_adwin_update_step_by_step():
+    from river.drift import ADWIN
+
+    class ViaUpdate(ADWIN):  # a subclass takes the generic path: detector.update per value
+        pass
+
+    rng = np.random.default_rng(11)
+    for increases_only in (True, False):
+        fast = ConceptDriftMonitor(ADWIN(), increases_only=increases_only)
+        slow = ConceptDriftMonitor(ViaUpdate(), increases_only=increases_only)
+        assert type(fast.detector) is ADWIN
+        rates = [0.1, 0.5, 0.05, 0.6, 0.2, 0.7]
+        total_hits = 0
+        for k in range(60):
+            size = int(rng.integers(1, 700))  # batch ends fall anywhere, next to detections too
+            errors = (rng.random(size) < rates[(k // 10) % len(rates)]).astype(float)
+            a, b = fast.update(errors), slow.update(errors)
+            assert a == b
+            total_hits += len(a)
+            for attr in ("width", "total", "variance", "n_detections", "drift_detected"):
+                assert getattr(fast.detector, attr) == getattr(slow.detector, attr), (k, attr)
+            assert (fast.n_detections, fast.n_improvements, fast.last_detection) == (
+                slow.n_detections, slow.n_improvements, slow.last_detection)
+        assert total_hits >= 3  # the stream changed often enough for the comparison to mean something
+
+
+def test_river_adwin_fast_path_when_a_batch_ends_on_a_detection():
+    from river.drift import ADWIN
+
+    class ViaUpdate(ADWIN):
+        pass
+
+    rng = np.random.default_rng(5)
+    errors = np.concatenate([(rng.random(3000) < 0.05), (rng.random(3000) < 0.8)]).astype(float)
+    probe = ConceptDriftMonitor(ViaUpdate(), increases_only=False)
+    cut = probe.update(errors)[0] + 1  # the first batch ends on the detection's value
+    fast, slow = ConceptDriftMonitor(ADWIN()), ConceptDriftMonitor(ViaUpdate())
+    for part in (errors[:cut], errors[cut:]):
+        assert fast.update(part) == slow.update(part)
+        assert fast.detector.drift_detected == slow.detector.drift_detected
+        assert (fast.detector.width, fast.detector.total) == (slow.detector.width, slow.detector.total)
+    assert fast.n_detections == slow.n_detections >= 1

@@ -453,12 +453,15 @@ class ConceptDriftMonitor:
         else:
             values, ends = self._chunk_means(ev)
         hits = []
-        update = self.detector.update
         det = self.detector
-        for i, v in enumerate(values):
-            update(v)
-            if det.drift_detected and not self._improved(values, i):
-                hits.append(i if ends is None else int(ends[i]))
+        if _plain_adwin(det):
+            self._feed_adwin(values, ends, hits)
+        else:
+            update = det.update
+            for i, v in enumerate(values):
+                update(v)
+                if det.drift_detected and not self._improved(values, i):
+                    hits.append(i if ends is None else int(ends[i]))
         if self._windowed:
             self._window_sum += float(sum(values[self._window_from:]))
             self._window_n += len(values) - self._window_from
@@ -468,6 +471,25 @@ class ConceptDriftMonitor:
             self.n_detections += len(hits)
             self.last_detection = self.n_seen - len(ev) + hits[-1]
         return hits
+
+    def _feed_adwin(self, values: list[float], ends: F64 | None, hits: list[int]) -> None:
+        """What the loop over ``detector.update`` does, for River's own ``ADWIN``, calling
+        its compiled window directly: ``ADWIN.update`` is a Python method (a reset when
+        the previous value was a detection, then ``_helper.update``) and
+        ``drift_detected`` a property, a good part of the per-value cost. Same values, same
+        order, same resets, the same state after the batch; ``tests/test_drift.py``
+        compares both ways."""
+        det = self.detector
+        detected = bool(det._drift_detected)
+        helper_update = det._helper.update
+        for i, v in enumerate(values):
+            if detected:  # the previous value was a detection: ADWIN.update resets first
+                det._reset()
+                helper_update = det._helper.update
+            detected = helper_update(v)
+            if detected and not self._improved(values, i):
+                hits.append(i if ends is None else int(ends[i]))
+        det._drift_detected = bool(detected)
 
     def _improved(self, values: list[float], i: int) -> bool:
         """After the detector cut its window at ``values[i]``: True when the error went
@@ -518,3 +540,13 @@ def _is_binary(detector: Any) -> bool:
     except ImportError:  # pragma: no cover - river is a dependency
         return False
     return isinstance(detector, BinaryDriftDetector)
+
+
+def _plain_adwin(detector: Any) -> bool:
+    """River's own ``ADWIN`` (not a subclass, which may change ``update``) with the
+    compiled window ``ConceptDriftMonitor._feed_adwin`` calls directly."""
+    try:
+        from river.drift import ADWIN
+    except ImportError:  # pragma: no cover - river is a dependency
+        return False
+    return type(detector) is ADWIN and hasattr(detector, "_helper") and hasattr(detector, "_drift_detected")
