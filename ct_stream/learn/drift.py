@@ -452,11 +452,11 @@ class ConceptDriftMonitor:
             values, ends = (ev == 1.0).tolist() if self.binary else ev.tolist(), None
         else:
             values, ends = self._chunk_means(ev)
-        hits = []
         det = self.detector
         if _plain_adwin(det):
-            self._feed_adwin(values, ends, hits)
+            hits = self._feed_adwin(values, ends)
         else:
+            hits: list[int] = []
             update = det.update
             for i, v in enumerate(values):
                 update(v)
@@ -472,14 +472,15 @@ class ConceptDriftMonitor:
             self.last_detection = self.n_seen - len(ev) + hits[-1]
         return hits
 
-    def _feed_adwin(self, values: list[float], ends: F64 | None, hits: list[int]) -> None:
+    def _feed_adwin(self, values: list[float], ends: F64 | None) -> list[int]:
         """What the loop over ``detector.update`` does, for River's own ``ADWIN``, calling
         its compiled window directly: ``ADWIN.update`` is a Python method (a reset when
         the previous value was a detection, then ``_helper.update``) and
         ``drift_detected`` a property, a good part of the per-value cost. Same values, same
         order, same resets, the same state after the batch; ``tests/test_drift.py``
-        compares both ways."""
+        compares both ways. Returns the batch indices of the detections kept."""
         det = self.detector
+        hits: list[int] = []
         detected = bool(det._drift_detected)
         helper_update = det._helper.update
         for i, v in enumerate(values):
@@ -490,6 +491,7 @@ class ConceptDriftMonitor:
             if detected and not self._improved(values, i):
                 hits.append(i if ends is None else int(ends[i]))
         det._drift_detected = bool(detected)
+        return hits
 
     def _improved(self, values: list[float], i: int) -> bool:
         """After the detector cut its window at ``values[i]``: True when the error went
