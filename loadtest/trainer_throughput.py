@@ -26,7 +26,8 @@ is handed to the moment the last example is learned):
    prequential ``learn_one`` of ``StandardScaler | LogisticRegression``, in memory on pre-built dicts
    (``--baseline-examples`` rows); the round's rate over it is printed, and the median of
    those ratios (this machine's speed moves by a third and more from minute to minute,
-   docs/performance.md; a ratio to a baseline measured beside it moves less). The issue
+   docs/performance.md: the ratio tells a slow round on a slow minute from a slow round on
+   a fast one; per round it is noisy too, the baseline being 0.3 s long). The issue
    quotes River's ``learn_one`` at 87,000 beside its 150,000 (1.72) without saying how
    it measured it (this loop gives 40k–75k here, docs/learning.md's older pipeline
    16k–20k): the ratio is a yardstick for the machine's speed, the goal stays 150,000;
