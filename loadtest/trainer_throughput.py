@@ -29,7 +29,7 @@ is handed to the moment the last example is learned):
    docs/performance.md: the ratio tells a slow round on a slow minute from a slow round on
    a fast one; per round it is noisy too, the baseline being 0.3 s long). The issue
    quotes River's ``learn_one`` at 87,000 beside its 150,000 (1.72) without saying how
-   it measured it (this loop gives 40k–75k here, docs/learning.md's older pipeline
+   it measured it (this loop gives 39k–75k here, docs/learning.md's older pipeline
    16k–20k): the ratio is a yardstick for the machine's speed, the goal stays 150,000;
 2. **trainer alone**, batch path: the same number of examples produced straight to
    ``<name>.examples`` (Arrow messages of 1000 rows), learned until the last one;
@@ -113,7 +113,7 @@ class Span:
 
     A round the host took CPU from (steal time: another tenant of the hypervisor ran on
     these cores) is slower for reasons of the machine's, not of the code's; on this
-    2-core VM a round's steal ran from 0.01 to 1.4 s (docs/performance.md), so each
+    2-core VM a round's steal ran from 0 to 1.4 s (docs/performance.md), so each
     round prints it beside its rate."""
 
     def __init__(self) -> None:
