@@ -123,7 +123,7 @@ class Span:
         if self.at is None:
             self.at = (time.perf_counter(), time.thread_time(), host_steal())
 
-    def read(self) -> "Measured":
+    def read(self) -> Measured:
         assert self.at is not None, "never started"
         wall, cpu, steal = self.at
         now = host_steal()
@@ -290,7 +290,7 @@ def main() -> int:
             by_kind: dict[tuple[type, bool | None], list[float]] = {k: [] for k in kinds}
             by_kind_ratio: dict[tuple[type, bool | None], list[float]] = {k: [] for k in kinds}
             Xb, yb = data(args.baseline_examples, 4)
-            from river import linear_model, preprocessing
+            from river import linear_model, preprocessing, tree
             for r in range(1, args.rounds + 1):
                 for k in kinds:
                     n_loop, t_loop = full_loop(bootstrap, args.events, f"{tmp}/loop{r}{k[0].__name__}{k[1]}", *k)
@@ -319,8 +319,6 @@ def main() -> int:
             n_alone, t_alone = trainer_alone(bootstrap, t, X, y, tmp + "/alone")
             print(f"trainer alone, batch path:                 {n_alone} examples in {t_alone.seconds:.2f} s = "
                   f"{n_alone / t_alone.seconds:,.0f} examples/s ({t_alone.describe()})")
-            from river import tree
-
             Xt, yt = data(args.tree_examples, 2)
             t = topology(f"tree-{uuid.uuid4().hex[:6]}", tmp + "/tree", estimator=tree.HoeffdingTreeClassifier())
             n_tree, t_tree = trainer_alone(bootstrap, t, Xt, yt, tmp + "/tree")
