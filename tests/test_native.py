@@ -239,6 +239,60 @@ def test_native_decoding_equals_the_python_reference(case: tuple[RecordSchema, l
         assert [typed(r) for r in a[0]] == [typed(r) for r in b[0]] and a[1] == b[1]
 
 
+#: Decimals whose quotient in ``exact_float`` (native/src/json.rs) ends in exactly half a
+#: unit of the rounding place with a remainder: only the remainder bit rounds them up.
+#: Found by a search over random 54-56-bit mantissas and powers 10^-18 to 10^-22 (about
+#: one in 130,000 is one; the quotient and remainder computed with Python's integers).
+STICKY = [
+    "38346329339060051e-22", "18016999484565035e-22", "43624833226512108e-22", "44052178140183567e-22",
+    "28896795788062251e-22", "16018959163200969e-22", "48911005989139349e-22", "17301632272524374e-22",
+    "32754682769892838e-22", "52826797426774589e-22", "17747236827612632e-22", "46672780951612696e-22",
+    "48680153920192024e-22", "67084981793683194e-21", "20462105011397135e-22", "23308198742926506e-22",
+    "43496041420577213e-22", "28786227965134402e-22", "37357822383358289e-22", "57402813164699414e-22",
+]
+
+
+def _float_spellings(seed: int, n: int) -> list[str]:
+    """Float texts for the scanner's own conversion (native/src/json.rs, ``exact_float``):
+    mantissas of 15 to 19 digits (above and below 2^53) with powers of ten to +-22 and
+    beyond, the 19-digit decimals just under, at and over the midpoint of two adjacent
+    doubles (where a rounding error shows), Python's shortest spellings, and digits with
+    the point anywhere."""
+    import random
+    from decimal import Decimal, getcontext
+    getcontext().prec = 60
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        nd = rng.randrange(15, 21)
+        out.append(f"{rng.randrange(10 ** (nd - 1), 10 ** nd)}e{rng.randrange(-24, 25)}")
+        x = rng.uniform(1e-3, 1e6)
+        mid = (Decimal(x) + Decimal(math.nextafter(x, math.inf))) / 2
+        digits, exp = f"{mid:.18e}".split("e")
+        out.extend(f"{int(digits.replace('.', '')) + d}e{int(exp) - 18}" for d in (-1, 0, 1))
+        out.append(repr(rng.gauss(0, 1) * 10 ** rng.randrange(-4, 6)))
+        ds = str(rng.randrange(10**15, 10**19))
+        p = rng.randrange(len(ds))
+        out.append(("-" if rng.random() < 0.5 else "") + (ds[:p] or "0") + "." + ds[p:])
+    return out
+
+
+def test_the_scanners_float_conversion_is_correctly_rounded() -> None:
+    schema = SCHEMAS[2]  # floats within 1e17
+    texts = _float_spellings(seed=11, n=4000) + STICKY
+    values = [f'{{"key":"a","time":1,"features":{{"x":{t},"y":0.5}}}}'.encode() for t in texts]
+    got, _ = schema._native_decoder.events(values)
+    decoded = 0
+    for text, value, event in zip(texts, values, got):
+        expected = decode_event(value, pure(schema))
+        if event is None:  # out of range: a reject from Python too
+            assert type(expected) is Reject, text
+            continue
+        decoded += 1
+        assert repr(event.features["x"]) == repr(float(text)), text
+    assert decoded > 20_000
+
+
 class _Big:
     """An integer token the native decoder leaves to Python (beyond 2**53)."""
 

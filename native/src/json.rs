@@ -14,6 +14,52 @@ use std::borrow::Cow;
 /// Deeper nesting than this (inside values the decoder skips) is left to Python.
 const MAX_DEPTH: u32 = 64;
 
+/// The powers of ten that are exact in f64.
+const POW10: [f64; 23] = [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+                          1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22];
+
+/// 5^0 to 5^22 (5^22 < 2^52).
+const POW5: [u64; 23] = {
+    let mut p = [1u64; 23];
+    let mut k = 1;
+    while k < 23 {
+        p[k] = p[k - 1] * 5;
+        k += 1;
+    }
+    p
+};
+
+/// 2^e as an f64 (e within the normal exponents).
+fn pow2(e: i64) -> f64 {
+    f64::from_bits(((1023 + e) as u64) << 52)
+}
+
+/// `mantissa * 10^exp10` correctly rounded, for a mantissa of at most 19 digits and
+/// |exp10| <= 22.
+///
+/// - mantissa <= 2^53: the mantissa and the power of ten are both exact in f64, so the
+///   one rounding of the product or quotient is the correctly rounded value (Clinger).
+/// - exp10 >= 0: `mantissa * 5^exp10` is an exact integer in u128 (under 2^116); its
+///   conversion to f64 rounds once, and `* 2^exp10` is exact.
+/// - exp10 = -k < 0: `q = floor(mantissa * 2^64 / 5^k)` has at least 66 bits (mantissa
+///   > 2^53, 5^k < 2^52), and a remainder is kept as q's lowest bit (13 or more places
+///   below the rounding position, so it only says "above q", which is all rounding to
+///   nearest needs of it); q's conversion rounds once and `* 2^-(64+k)` is exact.
+fn exact_float(mantissa: u64, exp10: i64) -> f64 {
+    if mantissa <= 1 << 53 {
+        let m = mantissa as f64;
+        return if exp10 < 0 { m / POW10[(-exp10) as usize] } else { m * POW10[exp10 as usize] };
+    }
+    if exp10 >= 0 {
+        return ((mantissa as u128) * POW5[exp10 as usize] as u128) as f64 * pow2(exp10);
+    }
+    let k = (-exp10) as usize;
+    let n = (mantissa as u128) << 64;
+    let d = POW5[k] as u128;
+    let q = n / d | u128::from(n % d != 0);
+    q as f64 * pow2(-(64 + k as i64))
+}
+
 /// A scalar JSON value, or `Other` for an object or array (scanned and valid).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Val<'a> {
@@ -80,14 +126,24 @@ impl<'a> Scanner<'a> {
         let mut owned: Option<String> = None; // from the first escape on
         loop {
             let run = i;
-            while i < b.len() && b[i] != b'"' && b[i] != b'\\' {
-                if b[i] < 0x20 {
+            let mut high = 0u8; // the bits of every byte of the run or'ed: ASCII when under 0x80
+            while let Some(&c) = b.get(i) {
+                if c == b'"' || c == b'\\' {
+                    break;
+                }
+                if c < 0x20 {
                     return None;
                 }
+                high |= c;
                 i += 1;
             }
             // runs end at ASCII bytes, so each one is whole UTF-8 on its own
-            let text = std::str::from_utf8(&b[run..i]).ok()?;
+            let text = if high < 0x80 {
+                // SAFETY: ASCII bytes are UTF-8
+                unsafe { std::str::from_utf8_unchecked(&b[run..i]) }
+            } else {
+                std::str::from_utf8(&b[run..i]).ok()?
+            };
             if *b.get(i)? == b'"' {
                 self.pos = i + 1;
                 return Some(match owned {
@@ -129,49 +185,83 @@ impl<'a> Scanner<'a> {
     }
 
     /// A number token; `Int` when it has no fraction or exponent and fits i64.
+    ///
+    /// A float of at most 19 digits and a power of ten within ±22 (the shortest
+    /// representations Python and orjson write of values from about 1e-3 to 1e22) is
+    /// computed from its digits as they are scanned (`exact_float`); any other float goes
+    /// to Rust's own parser, as every float did before.
     fn number(&mut self) -> Option<Val<'a>> {
         let b = self.b;
         let start = self.pos;
         let mut i = start;
-        if b.get(i) == Some(&b'-') {
+        let negative = b.get(i) == Some(&b'-');
+        if negative {
             i += 1;
         }
-        match b.get(i)? {
-            b'0' => i += 1,
-            b'1'..=b'9' => {
-                while matches!(b.get(i), Some(b'0'..=b'9')) {
-                    i += 1;
+        // the digits as an integer (it wraps when there are more than 19 of them: then
+        // `n_digits` says it is not the value)
+        let mut mantissa: u64 = 0;
+        let digits_from = |mut i: usize, mantissa: &mut u64| -> usize {
+            while let Some(&c) = b.get(i) {
+                let d = c.wrapping_sub(b'0');
+                if d > 9 {
+                    break;
                 }
-            }
-            _ => return None,
-        }
-        // one or more digits from `i`: the index after them
-        let digits = |mut i: usize| -> Option<usize> {
-            if !matches!(b.get(i), Some(b'0'..=b'9')) {
-                return None;
-            }
-            while matches!(b.get(i), Some(b'0'..=b'9')) {
+                *mantissa = mantissa.wrapping_mul(10).wrapping_add(d as u64);
                 i += 1;
             }
-            Some(i)
+            i
         };
+        let int_start = i;
+        match b.get(i)? {
+            b'0' => i += 1,
+            b'1'..=b'9' => i = digits_from(i, &mut mantissa),
+            _ => return None,
+        }
+        let mut n_digits = i - int_start;
         let mut is_float = false;
+        let mut exp10: i64 = 0;
         if b.get(i) == Some(&b'.') {
-            i = digits(i + 1)?;
+            let frac_start = i + 1;
+            i = digits_from(frac_start, &mut mantissa);
+            if i == frac_start {
+                return None;
+            }
+            n_digits += i - frac_start;
+            exp10 = -((i - frac_start) as i64);
             is_float = true;
         }
         if matches!(b.get(i), Some(b'e' | b'E')) {
             i += 1;
-            if matches!(b.get(i), Some(b'+' | b'-')) {
+            let mut sign = 1;
+            match b.get(i) {
+                Some(b'+') => i += 1,
+                Some(b'-') => {
+                    sign = -1;
+                    i += 1
+                }
+                _ => {}
+            }
+            if !matches!(b.get(i), Some(b'0'..=b'9')) {
+                return None;
+            }
+            let mut e: i64 = 0;
+            while let Some(&c @ b'0'..=b'9') = b.get(i) {
+                e = (e * 10 + (c - b'0') as i64).min(1 << 20); // far beyond any exact power: capped
                 i += 1;
             }
-            i = digits(i)?;
+            exp10 += sign * e;
             is_float = true;
         }
+        let exact = n_digits <= 19;
         self.pos = i;
-        // the token is ASCII by construction
-        let text = unsafe { std::str::from_utf8_unchecked(&b[start..i]) };
         if is_float {
+            if exact && (-22..=22).contains(&exp10) {
+                let v = exact_float(mantissa, exp10);
+                return Some(Val::Float(if negative { -v } else { v }));
+            }
+            // the token is ASCII by construction
+            let text = unsafe { std::str::from_utf8_unchecked(&b[start..i]) };
             let v: f64 = text.parse().ok()?;
             if v.is_finite() {
                 Some(Val::Float(v))
@@ -179,6 +269,7 @@ impl<'a> Scanner<'a> {
                 None
             }
         } else {
+            let text = unsafe { std::str::from_utf8_unchecked(&b[start..i]) };
             text.parse::<i64>().ok().map(Val::Int)
         }
     }
