@@ -108,13 +108,27 @@ const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz
 
 /// Append `raw` as standard base64 with padding (what Python's `base64.b64encode` writes).
 fn write_base64(out: &mut String, raw: &[u8]) {
-    for chunk in raw.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for k in 0..4 {
-            out.push(if k <= chunk.len() { BASE64[(n >> (18 - 6 * k) & 63) as usize] as char } else { '=' });
-        }
+    let mut text: Vec<u8> = Vec::with_capacity(raw.len().div_ceil(3) * 4);
+    let sym = |n: u32, shift: u32| BASE64[(n >> shift & 63) as usize];
+    let full = raw.chunks_exact(3);
+    let rest = full.remainder();
+    for c in full {
+        let n = (u32::from(c[0]) << 16) | (u32::from(c[1]) << 8) | u32::from(c[2]);
+        text.extend_from_slice(&[sym(n, 18), sym(n, 12), sym(n, 6), sym(n, 0)]);
     }
+    match *rest {
+        [a] => {
+            let n = u32::from(a) << 16;
+            text.extend_from_slice(&[sym(n, 18), sym(n, 12), b'=', b'=']);
+        }
+        [a, b] => {
+            let n = (u32::from(a) << 16) | (u32::from(b) << 8);
+            text.extend_from_slice(&[sym(n, 18), sym(n, 12), sym(n, 6), b'=']);
+        }
+        _ => {}
+    }
+    // SAFETY: the base64 alphabet and '=' are ASCII
+    out.push_str(unsafe { std::str::from_utf8_unchecked(&text) });
 }
 
 /// The features of event entry `e` as the change log stores them: the entry's own dict
