@@ -10,8 +10,9 @@ partition, replayed through what the worker runs on its native path, ``--batch``
 at a time: ``Decoder.items_into`` (the messages' JSON into a ``Merger``), the merger's
 ``take_payloads``, ``NativePartitionJoiner.process``, the examples' Arrow messages and
 the change log (``drain_encoded`` and the changelog writer). The messages are stand-ins
-with the ``value()`` and ``offset()`` that the decoder reads. The input has no
-end-of-input record, so the events still pending at the end stay pending.
+with the ``value()`` and ``offset()`` that the decoder reads. The input ends as the full
+loop's does, with an end-of-input event and label a day of event time later, whose
+watermark expires every event still pending (as negatives) and forgets the done memory.
 
 Prints each stage's seconds and records/s. On this 2-core VM the same work takes up to
 twice as long from one minute to the next (docs/performance.md), so comparing two
@@ -37,6 +38,7 @@ from ct_stream.join.arrow import example_messages  # noqa: E402
 from ct_stream.join.changelog import ChangelogWriter  # noqa: E402
 from ct_stream.join.joiner import NativePartitionJoiner  # noqa: E402
 from ct_stream.native import module as native  # noqa: E402
+from ct_stream.records import Event, Label, encode_event, encode_label  # noqa: E402
 from ct_stream.runtime import tune_gc  # noqa: E402
 from ct_stream.synthetic import generate  # noqa: E402
 from ct_stream.topology import Topology  # noqa: E402
@@ -71,6 +73,10 @@ def main() -> int:
                  join={"max_label_delay": "10s", "grace": "2s", "commit_interval": "1s"})
     data = generate(t, args.events, seed=3, events_per_second=5000, label_fraction=0.7, max_delay=5.0)
     records = [(kind, value) for kind, _, value in data.in_time_order()]
+    end_ts = 1_700_000_000.0 + args.events / 5000 + 86_400.0  # the generator starts at 1.7e9 (as trainer_throughput)
+    end = Event("end-of-input", end_ts, {name: 0.0 for name in t.features})
+    records += [("event", encode_event(end, t.record_schema)),
+                ("label", encode_label(Label("end-of-input", end_ts, False), t.record_schema))]
     # the messages of each step, made before anything is measured
     steps = []
     for start in range(0, len(records), args.batch):

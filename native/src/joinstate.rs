@@ -486,16 +486,28 @@ impl JoinState {
     }
 
     /// Expire the live pending entry `d` (already off the queue).
-    fn expire_entry<'py>(&mut self, py: Python<'py>, d: Due, capacity: bool, rows: &Bound<'py, PyList>,
-                         dead: &Bound<'py, PyList>) -> PyResult<()> {
-        let (key, slot) = self.take_key(&d.id);
+    /// The map's key and slot of `d`'s id, removed and counted out, when `d` is still its
+    /// pending entry (one probe of the map); None when it is stale.
+    fn take_live(&mut self, d: Due) -> Option<(Arc<str>, Slot)> {
+        let std::collections::hash_map::Entry::Occupied(e) = self.map.entry(d.id) else { return None };
+        match e.get() {
+            Slot::Event { seq, .. } if *seq == d.seq => self.n_events -= 1,
+            Slot::Label { seq, .. } if *seq == d.seq => self.n_labels -= 1,
+            _ => return None,
+        }
+        Some(e.remove_entry())
+    }
+
+    /// Expire a pending entry taken with `take_live`.
+    fn expire_entry<'py>(&mut self, py: Python<'py>, key: Arc<str>, slot: Slot, capacity: bool,
+                         rows: &Bound<'py, PyList>, dead: &Bound<'py, PyList>) -> PyResult<()> {
         self.log.push(key.clone());
         match slot {
-            Some(Slot::Label { entry, .. }) => {
+            Slot::Label { entry, .. } => {
                 self.counts[C_UNKNOWN] += 1;
                 dead.append((1u8, entry, capacity))?;
             }
-            Some(Slot::Event { ts, entry, .. }) => {
+            Slot::Event { ts, entry, .. } => {
                 let (state, kept) = match self.policy {
                     NEGATIVE => {
                         self.counts[C_EXPIRED] += 1;
@@ -516,7 +528,7 @@ impl JoinState {
                 };
                 self.remember(key, state, ts, kept);
             }
-            _ => unreachable!("expire_entry takes a live pending entry"),
+            Slot::Done { .. } => unreachable!("take_live gives a pending entry"),
         }
         Ok(())
     }
@@ -528,10 +540,9 @@ impl JoinState {
                 break;
             }
             let d = self.queue.pop_front().expect("a front");
-            if live(&self.map, &d) {
-                self.expire_entry(py, d, false, rows, dead)?;
-            } else {
-                self.stale -= 1;
+            match self.take_live(d) {
+                Some((key, slot)) => self.expire_entry(py, key, slot, false, rows, dead)?,
+                None => self.stale -= 1,
             }
         }
         if let Some((&k, _)) = self.buckets.first_key_value() {
@@ -552,12 +563,14 @@ impl JoinState {
             }
             let (k, ids) = entry.remove_entry();
             for id in ids {
-                let Some(Slot::Done { ts: d, .. }) = self.map.get(&id) else { continue };
+                let std::collections::hash_map::Entry::Occupied(e) = self.map.entry(id) else { continue };
+                let Slot::Done { ts: d, .. } = e.get() else { continue };
                 let d = *d;
                 if d + self.horizon < wm {
-                    self.map.remove(&id);
+                    e.remove();
                     self.n_done -= 1;
-                } else if self.bucket_key(d) <= k {
+                } else if py_floordiv(d + self.horizon, self.width) as i64 <= k { // bucket_key(d)
+                    let id = e.key().clone();
                     self.bucket(id, k + 1); // float rounding at a bucket edge: look again with the next
                 }
             }
@@ -855,7 +868,8 @@ impl JoinState {
                 break;
             }
             let d = self.queue.pop_front().expect("a live front");
-            self.expire_entry(py, d, true, &rows, &dead)?;
+            let (key, slot) = self.take_live(d).expect("peek_live left a live front");
+            self.expire_entry(py, key, slot, true, &rows, &dead)?;
             self.counts[C_CAPACITY] += 1;
         }
         Ok((rows, dead))
