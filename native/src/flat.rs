@@ -28,16 +28,87 @@ pub enum Prediction {
     S(Box<str>),
 }
 
+/// Up to this many features are held in the entry itself; more in an array of their own.
+pub const INLINE_FEATURES: usize = 12;
+/// Ids of up to this many bytes are held in the entry itself.
+const INLINE_ID: usize = 22;
+
+/// An entry's feature values: in the entry's own memory for a schema of up to
+/// `INLINE_FEATURES` features (one allocation an event, and its values on the cache
+/// lines of the object that the Arrow columns and the change log read anyway), else
+/// boxed. To the readers a `[f64]`.
+pub enum Features {
+    Inline(u8, [f64; INLINE_FEATURES]),
+    Heap(Box<[f64]>),
+}
+
+impl Features {
+    /// The values `values` gives (`n` of them), or its first error.
+    pub fn collect<E>(n: usize, values: impl Iterator<Item = Result<f64, E>>) -> Result<Features, E> {
+        if n > INLINE_FEATURES {
+            return Ok(Features::Heap(values.collect::<Result<Box<[f64]>, E>>()?));
+        }
+        let mut inline = [0.0; INLINE_FEATURES];
+        let mut len = 0;
+        for (slot, v) in inline.iter_mut().zip(values) {
+            *slot = v?;
+            len += 1;
+        }
+        Ok(Features::Inline(len as u8, inline))
+    }
+}
+
+impl std::ops::Deref for Features {
+    type Target = [f64];
+
+    fn deref(&self) -> &[f64] {
+        match self {
+            Features::Inline(n, values) => &values[..*n as usize],
+            Features::Heap(values) => values,
+        }
+    }
+}
+
+/// An entry's id: in the entry's own memory up to `INLINE_ID` bytes, else boxed. To the
+/// readers a `str`.
+pub enum Id {
+    Inline(u8, [u8; INLINE_ID]),
+    Heap(Box<str>),
+}
+
+impl From<&str> for Id {
+    fn from(s: &str) -> Id {
+        if s.len() > INLINE_ID {
+            return Id::Heap(s.into());
+        }
+        let mut bytes = [0u8; INLINE_ID];
+        bytes[..s.len()].copy_from_slice(s.as_bytes());
+        Id::Inline(s.len() as u8, bytes)
+    }
+}
+
+impl std::ops::Deref for Id {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        match self {
+            // SAFETY: the bytes were copied whole from a str (`From<&str>`)
+            Id::Inline(n, bytes) => unsafe { std::str::from_utf8_unchecked(&bytes[..*n as usize]) },
+            Id::Heap(s) => s,
+        }
+    }
+}
+
 /// A pending event's entry with float features (see the module doc). Every value is
 /// held in Rust: making one and freeing it touches no other Python object.
 #[pyclass(module = "ct_stream._native", frozen, sequence)]
 pub struct EventEntry {
-    pub id: Box<str>,
+    pub id: Id,
     pub ts: f64,
     pub offset: i64,
     pub served_version: Option<i64>,
     pub prediction: Prediction,
-    pub features: Box<[f64]>,
+    pub features: Features,
 }
 
 impl EventEntry {

@@ -299,13 +299,13 @@ impl Decoder {
 
     /// The pending-event entry of `r` as a `flat::EventEntry` (every feature a float).
     fn event_flat<'py>(&self, py: Python<'py>, r: &EventRec, offset: i64) -> PyResult<Bound<'py, PyAny>> {
-        let features = r.feats.iter().map(|f| match f {
+        let features = flat::Features::collect(r.feats.len(), r.feats.iter().map(|f| match f {
             Feat::F(x) => Ok(*x),
             _ => Err(pyo3::exceptions::PyValueError::new_err("a flat entry takes float features only")),
-        }).collect::<PyResult<Box<[f64]>>>()?;
-        let id: Box<str> = match &r.id {
-            Id::S(s) => (**s).into(),
-            Id::I(i) => i.to_string().into(),
+        }))?;
+        let id = match &r.id {
+            Id::S(s) => flat::Id::from(&**s),
+            Id::I(i) => flat::Id::from(&*i.to_string()),
         };
         let prediction = match &r.prediction {
             Pred::None => flat::Prediction::None,
