@@ -654,3 +654,43 @@ def test_native_grouping_of_polled_messages_is_the_reference(spec_: list[tuple[s
     assert {k: [m.n for m in v] for k, v in got_groups.items()} == {k: [m.n for m in v] for k, v in want_groups.items()}
     assert list(got_groups) == list(want_groups)  # first-seen order, as the reference's dict
     assert [m.n for m in got_errored] == [m.n for m in want_errored]
+
+
+@pytest.mark.parametrize("width", [3, 12, 13, 20])
+def test_event_entries_hold_any_width_and_id_length_as_the_tuples_do(width: int) -> None:
+    """``EventEntry`` keeps up to 12 features and ids of up to 22 bytes in its own memory
+    and boxes the others (native/src/flat.rs): either way it equals the entry tuple the
+    decoder packs for the same message, item by item, and its rows encode to the same
+    Arrow columns."""
+    from ct_stream.join.arrow import rows_to_arrow
+
+    schema = RecordSchema(features={f"f{k}": "float" for k in range(width)}, label_type="binary")
+    _, args = schema._native_decoder.__reduce__()
+    flat, tuples = (records._native.Decoder(*args[:-1], f) for f in (True, False))  # type: ignore[union-attr]
+    ids = ["a", "x" * 22, "é" * 11, "y" * 23, "z" * 200, 12345]
+    messages = [PolledValue(encode_event(Event(i, 1.5 + n, {f"f{k}": k / 7 - n for k in range(width)}, 3, 0.25),
+                                         schema), n) for n, i in enumerate(ids)]
+    got, missing = flat.items("event", messages, True)
+    want, _ = tuples.items("event", messages, True)
+    assert missing == []
+    for (_, (_, entry, _, _)), (_, (_, tup, _, _)) in zip(got, want):
+        assert type(entry) is records._native.EventEntry and type(tup) is tuple  # type: ignore[union-attr]
+        assert entry == tup and list(entry) == list(tup) and len(entry) == len(tup)
+        assert [entry[k] for k in range(-len(tup), len(tup))] == [tup[k] for k in range(-len(tup), len(tup))]
+    names = tuple(schema.features)
+    rows = [(p[1][1], names, 2.0, True, "joined", 0) for p in got]
+    assert rows_to_arrow(rows, schema).equals(rows_to_arrow([(p[1][1], names, 2.0, True, "joined", 0) for p in want],
+                                                            schema))
+
+
+class PolledValue:
+    """A polled message as the decoder reads it: ``value()`` and ``offset()``."""
+
+    def __init__(self, value: bytes, offset: int) -> None:
+        self._value, self._offset = value, offset
+
+    def value(self) -> bytes:
+        return self._value
+
+    def offset(self) -> int:
+        return self._offset
