@@ -42,21 +42,7 @@ from ct_stream.records import Event, Label, encode_event, encode_label  # noqa: 
 from ct_stream.runtime import tune_gc  # noqa: E402
 from ct_stream.synthetic import generate  # noqa: E402
 from ct_stream.topology import Topology  # noqa: E402
-
-
-class _Message:
-    """The parts of a consumed message the native decoder reads."""
-
-    __slots__ = ("_value", "_offset")
-
-    def __init__(self, value: bytes, offset: int) -> None:
-        self._value, self._offset = value, offset
-
-    def value(self) -> bytes:
-        return self._value
-
-    def offset(self) -> int:
-        return self._offset
+from joiner_steady import _Message  # noqa: E402  (this folder: the decoder's view of a polled message)
 
 
 def main() -> int:

@@ -25,7 +25,7 @@ from ct_stream.join.changelog import ChangelogWriter
 from ct_stream.join.joiner import _OWN_NAMES
 from ct_stream.records import (Event, Label, RecordSchema, Reject, decode_event, decode_events, decode_label,
                                decode_labels, encode_event, encode_label)
-from tests.test_join import FakeClock, apply_op, messy_inputs, spec, split
+from tests.test_join import FakeClock, FakeMessage, apply_op, messy_inputs, spec, split
 
 pytestmark = pytest.mark.skipif(records._native is None, reason="ct_stream._native is not built (no cargo)")
 
@@ -668,7 +668,7 @@ def test_event_entries_hold_any_width_and_id_length_as_the_tuples_do(width: int)
     _, args = schema._native_decoder.__reduce__()
     flat, tuples = (records._native.Decoder(*args[:-1], f) for f in (True, False))  # type: ignore[union-attr]
     ids = ["a", "x" * 22, "é" * 11, "y" * 23, "z" * 200, 12345]
-    messages = [PolledValue(encode_event(Event(i, 1.5 + n, {f"f{k}": k / 7 - n for k in range(width)}, 3, 0.25),
+    messages = [FakeMessage(encode_event(Event(i, 1.5 + n, {f"f{k}": k / 7 - n for k in range(width)}, 3, 0.25),
                                          schema), n) for n, i in enumerate(ids)]
     got, missing = flat.items("event", messages, True)
     want, _ = tuples.items("event", messages, True)
@@ -682,15 +682,3 @@ def test_event_entries_hold_any_width_and_id_length_as_the_tuples_do(width: int)
     assert rows_to_arrow(rows, schema).equals(rows_to_arrow([(p[1][1], names, 2.0, True, "joined", 0) for p in want],
                                                             schema))
 
-
-class PolledValue:
-    """A polled message as the decoder reads it: ``value()`` and ``offset()``."""
-
-    def __init__(self, value: bytes, offset: int) -> None:
-        self._value, self._offset = value, offset
-
-    def value(self) -> bytes:
-        return self._value
-
-    def offset(self) -> int:
-        return self._offset
