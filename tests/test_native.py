@@ -682,3 +682,18 @@ def test_event_entries_hold_any_width_and_id_length_as_the_tuples_do(width: int)
     assert rows_to_arrow(rows, schema).equals(rows_to_arrow([(p[1][1], names, 2.0, True, "joined", 0) for p in want],
                                                             schema))
 
+
+
+def test_feature_keys_are_taken_by_their_bytes_only_when_that_spelling_is_json() -> None:
+    """The decoder takes a feature key that is spelled as the schema's name by comparing
+    bytes (native/src/json.rs, ``members_expecting``), except for a name with a quote, a
+    backslash or a control character, whose bytes between quotes are not its JSON: a
+    record with such a key written raw is not JSON, and decodes as Python decodes it."""
+    schema = RecordSchema(features={'a"b': "float", "c\\d": "float", "x": "float"}, label_type="binary")
+    good = orjson.dumps({"id": "a", "ts": 1, "features": {'a"b': 1.5, "c\\d": 2.5, "x": 3.5}})
+    escaped = b'{"id":"a","ts":1,"features":{"\\u0061\\"b":1.5,"c\\\\d":2.5,"\\u0078":3.5}}'
+    raw = b'{"id":"a","ts":1,"features":{"a"b":1.5,"c\\d":2.5,"x":3.5}}'  # not JSON
+    got, missing = schema._native_decoder.events([good, escaped, raw])
+    assert missing == 1 and got[2] is None
+    assert typed(got[0]) == typed(got[1]) == typed(decode_event(good, pure(schema)))
+    assert type(decode_event(raw, schema)) is Reject

@@ -285,7 +285,16 @@ impl<'a> Scanner<'a> {
 
     /// An object's members, its `{` next: `member(key, scanner)` reads a member's value,
     /// or returns false to leave it to be scanned (at `depth + 1`) and ignored.
-    pub fn members(&mut self, depth: u32, mut member: impl FnMut(&str, &mut Self) -> Option<bool>) -> Option<()> {
+    pub fn members(&mut self, depth: u32, member: impl FnMut(&str, &mut Self) -> Option<bool>) -> Option<()> {
+        self.members_expecting(depth, || None, member)
+    }
+
+    /// `members`, where `expect()` may name the key the next member most likely has: a
+    /// key spelled exactly so (no escapes) is then taken by comparing its bytes, without
+    /// scanning it as a string. The names given must hold no `"`, `\` or control
+    /// character (their JSON spelling is then their bytes between quotes).
+    pub fn members_expecting<'e>(&mut self, depth: u32, mut expect: impl FnMut() -> Option<&'e str>,
+                                 mut member: impl FnMut(&str, &mut Self) -> Option<bool>) -> Option<()> {
         if depth >= MAX_DEPTH || !self.eat(b'{') {
             return None;
         }
@@ -293,17 +302,38 @@ impl<'a> Scanner<'a> {
             return Some(());
         }
         loop {
-            let key = self.string()?;
+            let scanned;
+            let key = match expect() {
+                Some(name) if self.exact_string(name) => name,
+                _ => {
+                    scanned = self.string()?;
+                    &*scanned
+                }
+            };
             if !self.eat(b':') {
                 return None;
             }
-            if !member(&key, self)? {
+            if !member(key, self)? {
                 self.value(depth + 1)?;
             }
             if self.eat(b',') {
                 continue;
             }
             return if self.eat(b'}') { Some(()) } else { None };
+        }
+    }
+
+    /// The string `"text"` spelled with `text`'s own bytes (after whitespace): consumed,
+    /// true; else nothing is consumed.
+    fn exact_string(&mut self, text: &str) -> bool {
+        self.ws();
+        let (b, p, n) = (self.b, self.pos, text.len());
+        let end = p + 1 + n;
+        if b.get(p) == Some(&b'"') && b.get(p + 1..end) == Some(text.as_bytes()) && b.get(end) == Some(&b'"') {
+            self.pos = end + 1;
+            true
+        } else {
+            false
         }
     }
 

@@ -106,6 +106,8 @@ struct LabelRec<'a> {
 #[pyclass(module = "ct_stream._native", frozen)]
 struct Decoder {
     names: Vec<String>,
+    /// Per name: spelled in JSON as its own bytes between quotes (no `"`, `\\` or control character).
+    plain: Vec<bool>,
     codes: Vec<u8>,
     py_names: Vec<Py<PyString>>,
     label_type: LabelType,
@@ -170,15 +172,18 @@ impl Decoder {
     fn features<'a>(&self, sc: &mut Scanner<'a>) -> Option<Vec<Feat<'a>>> {
         // the last value of a key counts (as orjson reads a key given twice)
         let mut slots: Vec<Option<Val<'a>>> = (0..self.names.len()).map(|_| None).collect();
-        let mut next = 0; // records mostly list the features in the schema's order: look there first
-        sc.members(1, |key, sc| {
+        // records mostly list the features in the schema's order: look there first (and
+        // take the key by its bytes when it is spelled as the name is)
+        let next = std::cell::Cell::new(0);
+        let expect = || self.names.get(next.get()).filter(|_| self.plain[next.get()]).map(String::as_str);
+        sc.members_expecting(1, expect, |key, sc| {
             // an undeclared feature: the events must not keep it (left to Python)
-            let k = if self.names.get(next).is_some_and(|name| name == key) {
-                next
+            let k = if self.names.get(next.get()).is_some_and(|name| name == key) {
+                next.get()
             } else {
                 self.names.iter().position(|name| name == key)?
             };
-            next = k + 1;
+            next.set(k + 1);
             slots[k] = Some(sc.value(1)?);
             Some(true)
         })?;
@@ -431,7 +436,8 @@ impl Decoder {
                 "Decoder: flat=True with feature codes {codes:?}; allowed: every feature a float (code 0)")));
         }
         let flat = flat.unwrap_or(all_float);
-        Ok(Decoder { names, codes, py_names, label_type, id_field, ts_field, max_record_bytes, max_string_length,
+        let plain = names.iter().map(|n| !n.bytes().any(|c| c == b'"' || c == b'\\' || c < 0x20)).collect();
+        Ok(Decoder { names, plain, codes, py_names, label_type, id_field, ts_field, max_record_bytes, max_string_length,
                      max_abs_value, int_limit, event_cls, label_cls, flat })
     }
 
