@@ -11,6 +11,8 @@ import dataclasses
 import json
 import math
 import pickle
+import random
+from decimal import Context, Decimal
 from typing import Any
 
 import orjson
@@ -240,7 +242,8 @@ def test_native_decoding_equals_the_python_reference(case: tuple[RecordSchema, l
 
 
 #: Decimals whose quotient in ``exact_float`` (native/src/json.rs) ends in exactly half a
-#: unit of the rounding place with a remainder: only the remainder bit rounds them up.
+#: unit of the rounding place with a remainder: without the remainder bit, those whose
+#: kept part is even would round down (ties to even) where the true value rounds up.
 #: Found by a search over random 54-56-bit mantissas and powers 10^-18 to 10^-22 (about
 #: one in 130,000 is one; the quotient and remainder computed with Python's integers).
 STICKY = [
@@ -258,16 +261,14 @@ def _float_spellings(seed: int, n: int) -> list[str]:
     beyond, the 19-digit decimals just under, at and over the midpoint of two adjacent
     doubles (where a rounding error shows), Python's shortest spellings, and digits with
     the point anywhere."""
-    import random
-    from decimal import Decimal, getcontext
-    getcontext().prec = 60
     rng = random.Random(seed)
+    exact = Context(prec=60)
     out = []
     for _ in range(n):
         nd = rng.randrange(15, 21)
         out.append(f"{rng.randrange(10 ** (nd - 1), 10 ** nd)}e{rng.randrange(-24, 25)}")
         x = rng.uniform(1e-3, 1e6)
-        mid = (Decimal(x) + Decimal(math.nextafter(x, math.inf))) / 2
+        mid = exact.divide(exact.add(Decimal(x), Decimal(math.nextafter(x, math.inf))), 2)
         digits, exp = f"{mid:.18e}".split("e")
         out.extend(f"{int(digits.replace('.', '')) + d}e{int(exp) - 18}" for d in (-1, 0, 1))
         out.append(repr(rng.gauss(0, 1) * 10 ** rng.randrange(-4, 6)))

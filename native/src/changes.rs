@@ -108,7 +108,9 @@ const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz
 
 /// Append `raw` as standard base64 with padding (what Python's `base64.b64encode` writes).
 fn write_base64(out: &mut String, raw: &[u8]) {
-    let mut text: Vec<u8> = Vec::with_capacity(raw.len().div_ceil(3) * 4);
+    // SAFETY: only ASCII bytes (the base64 alphabet and '=') are appended, so `out` stays UTF-8
+    let text = unsafe { out.as_mut_vec() };
+    text.reserve(raw.len().div_ceil(3) * 4);
     let sym = |n: u32, shift: u32| BASE64[(n >> shift & 63) as usize];
     let full = raw.chunks_exact(3);
     let rest = full.remainder();
@@ -127,8 +129,6 @@ fn write_base64(out: &mut String, raw: &[u8]) {
         }
         _ => {}
     }
-    // SAFETY: the base64 alphabet and '=' are ASCII
-    out.push_str(unsafe { std::str::from_utf8_unchecked(&text) });
 }
 
 /// The features of event entry `e` as the change log stores them: the entry's own dict

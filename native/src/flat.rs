@@ -29,7 +29,7 @@ pub enum Prediction {
 }
 
 /// Up to this many features are held in the entry itself; more in an array of their own.
-pub const INLINE_FEATURES: usize = 12;
+const INLINE_FEATURES: usize = 12;
 /// Ids of up to this many bytes are held in the entry itself.
 const INLINE_ID: usize = 22;
 
@@ -43,9 +43,9 @@ pub enum Features {
 }
 
 impl Features {
-    /// The values `values` gives (`n` of them), or its first error.
-    pub fn collect<E>(n: usize, values: impl Iterator<Item = Result<f64, E>>) -> Result<Features, E> {
-        if n > INLINE_FEATURES {
+    /// The values `values` gives, or its first error.
+    pub fn collect<E>(values: impl ExactSizeIterator<Item = Result<f64, E>>) -> Result<Features, E> {
+        if values.len() > INLINE_FEATURES {
             return Ok(Features::Heap(values.collect::<Result<Box<[f64]>, E>>()?));
         }
         let mut inline = [0.0; INLINE_FEATURES];

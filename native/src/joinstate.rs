@@ -485,7 +485,6 @@ impl JoinState {
         Ok(())
     }
 
-    /// Expire the live pending entry `d` (already off the queue).
     /// The map's key and slot of `d`'s id, removed and counted out, when `d` is still its
     /// pending entry (one probe of the map); None when it is stale.
     fn take_live(&mut self, d: Due) -> Option<(Arc<str>, Slot)> {
@@ -569,8 +568,10 @@ impl JoinState {
                 if d + self.horizon < wm {
                     e.remove();
                     self.n_done -= 1;
-                } else if py_floordiv(d + self.horizon, self.width) as i64 <= k { // bucket_key(d)
-                    let id = e.key().clone();
+                    continue;
+                }
+                let id = e.key().clone();
+                if self.bucket_key(d) <= k {
                     self.bucket(id, k + 1); // float rounding at a bucket edge: look again with the next
                 }
             }

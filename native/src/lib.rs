@@ -304,7 +304,7 @@ impl Decoder {
 
     /// The pending-event entry of `r` as a `flat::EventEntry` (every feature a float).
     fn event_flat<'py>(&self, py: Python<'py>, r: &EventRec, offset: i64) -> PyResult<Bound<'py, PyAny>> {
-        let features = flat::Features::collect(r.feats.len(), r.feats.iter().map(|f| match f {
+        let features = flat::Features::collect(r.feats.iter().map(|f| match f {
             Feat::F(x) => Ok(*x),
             _ => Err(pyo3::exceptions::PyValueError::new_err("a flat entry takes float features only")),
         }))?;
