@@ -12,7 +12,12 @@ from ct_stream.runtime.dedupe import RecentKeys, dedupe_flags, keys_array, recen
 
 native = pytest.mark.skipif(dedupe._native is None, reason="ct_stream._native is not built (no cargo)")
 
-IDS = st.text(alphabet="ab\x00é\U0001f600", min_size=0, max_size=3)
+# short ids; ids around the native key's inline bound (22 bytes: 22 or 23 of them, 'é'
+# two bytes each, the emoji four); an id and the same with a NUL (the unused bytes of an
+# inline key are NULs)
+AWKWARD = ["a" * 22, "a" * 23, "é" * 11, "é" * 11 + "a", "a" * 19 + "\U0001f600", "a" * 18 + "\U0001f600",
+           "b", "b\x00"]
+IDS = st.text(alphabet="ab\x00é\U0001f600", min_size=0, max_size=3) | st.sampled_from(AWKWARD)
 
 
 def table(ids: list[str], outcomes: list[str], skip: int) -> pa.Table:

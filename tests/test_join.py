@@ -706,11 +706,16 @@ def test_dead_letter_record_is_not_part_of_equality() -> None:
 
 # ------------------------------------------------------------- fast path vs general path
 
+# ids either side of the native state's inline key bound (22 bytes; 'é' is two), and one
+# that is another id and a NUL (an inline key's unused bytes are NULs)
+POOL = [f"i{k}" for k in range(13)] + ["i" * 22, "i" * 23, "é" * 11, "é" * 11 + "i", "é" * 10 + "i", "i1\x00"]
+
+
 @st.composite
 def messy_inputs(draw: st.DrawFn) -> list[Input]:
     """Random records from a small id pool: events and labels in any order, duplicates,
     re-used ids, late records (ts jumping back), ties, and events whose feature names
-    differ from the first event's (so they keep their own dict)."""
+    differ from the first event's (so they keep their own dict). The id pool: ``POOL``."""
     n = draw(st.integers(1, 80))
     ts = 1000.0
     inputs = []
@@ -718,7 +723,7 @@ def messy_inputs(draw: st.DrawFn) -> list[Input]:
     for _ in range(n):
         ts += draw(st.sampled_from([0.0, 0.25, 0.5, 1.0, 3.0, 7.0, -1.0, -4.0]))
         kind = draw(st.sampled_from(["event", "label"]))
-        i = f"i{draw(st.integers(0, 12))}"
+        i = POOL[draw(st.integers(0, len(POOL) - 1))]
         if kind == "event":
             shape = draw(st.integers(0, 5))
             feats: dict[str, Any] = {"x": ts, "c": "a", "b": True} if shape else {"x": ts, "other": 1}

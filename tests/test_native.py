@@ -27,7 +27,7 @@ from ct_stream.join.changelog import ChangelogWriter
 from ct_stream.join.joiner import _OWN_NAMES
 from ct_stream.records import (Event, Label, RecordSchema, Reject, decode_event, decode_events, decode_label,
                                decode_labels, encode_event, encode_label)
-from tests.test_join import FakeClock, FakeMessage, apply_op, messy_inputs, spec, split
+from tests.test_join import POOL, FakeClock, FakeMessage, apply_op, messy_inputs, spec, split
 
 pytestmark = pytest.mark.skipif(records._native is None, reason="ct_stream._native is not built (no cargo)")
 
@@ -415,7 +415,8 @@ def joiner_histories(draw: Any) -> tuple[str, list[Any]]:
     renamed = []
     for inp in inputs:
         rec = inp.record
-        i = names[int(rec.id[1:])]
+        k = POOL.index(rec.id)
+        i = names[k] if k < len(names) else rec.id  # the pool's long ids stay as they are
         if isinstance(rec, Event):
             feats = {k: float(v) if floats and type(v) in (int, float, bool) else 0.5 if floats else v
                      for k, v in rec.features.items()}

@@ -19,7 +19,7 @@
 //! `(2, event entry, capacity)` for an event expired under the `dlq` policy.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::Arc;
+use crate::key::Key;
 
 /// The id map's hasher: aHash with keys drawn at random per process, as SipHash's are in
 /// std's `RandomState` (ids are user data: nobody can aim ids at one bucket without the
@@ -77,7 +77,7 @@ enum Slot {
 struct Due {
     deadline: f64,
     seq: u64,
-    id: Arc<str>,
+    id: Key,
 }
 
 /// Python's float floor division (`float.__floordiv__`), so the done memory's time
@@ -109,7 +109,7 @@ fn write_f64(out: &mut String, x: f64) -> Option<()> {
     Some(())
 }
 
-fn live(map: &HashMap<Arc<str>, Slot>, d: &Due) -> bool {
+fn live(map: &HashMap<Key, Slot>, d: &Due) -> bool {
     matches!(map.get(&d.id), Some(Slot::Event { seq, .. } | Slot::Label { seq, .. }) if *seq == d.seq)
 }
 
@@ -203,14 +203,14 @@ pub struct JoinState {
     wm: f64,
     seq: u64,
     log_seq: u64,
-    map: HashMap<Arc<str>, Slot>,
+    map: HashMap<Key, Slot>,
     n_events: usize,
     n_labels: usize,
     n_done: usize,
     queue: VecDeque<Due>,
     stale: usize,
-    buckets: BTreeMap<i64, Vec<Arc<str>>>,
-    log: Vec<Arc<str>>,
+    buckets: BTreeMap<i64, Vec<Key>>,
+    log: Vec<Key>,
     delays: Vec<f64>,
     counts: [u64; N_COUNTERS],
 }
@@ -220,12 +220,12 @@ impl JoinState {
         py_floordiv(event_ts + self.horizon, self.width) as i64
     }
 
-    fn bucket(&mut self, id: Arc<str>, k: i64) {
+    fn bucket(&mut self, id: Key, k: i64) {
         self.buckets.entry(k).or_default().push(id);
     }
 
     /// Put `id` in the done memory (its slot is free) and in its time bucket.
-    fn remember(&mut self, id: Arc<str>, state: u8, ts: f64, kept: Option<Py<PyAny>>) {
+    fn remember(&mut self, id: Key, state: u8, ts: f64, kept: Option<Py<PyAny>>) {
         let k = self.bucket_key(ts);
         self.map.insert(id.clone(), Slot::Done { state, ts, kept });
         self.n_done += 1;
@@ -243,7 +243,7 @@ impl JoinState {
     }
 
     /// A new pending entry for `id` (whose slot is free): the latest arrival.
-    fn add_pending(&mut self, id: Arc<str>, event: bool, ts: f64, entry: Py<PyAny>) {
+    fn add_pending(&mut self, id: Key, event: bool, ts: f64, entry: Py<PyAny>) {
         let seq = self.seq;
         self.seq += 1;
         if event {
@@ -259,7 +259,7 @@ impl JoinState {
 
     /// The key for `id`: the one the map holds for it (which is then removed with its
     /// slot, counted out), or a new one.
-    fn take_key(&mut self, id: &str) -> (Arc<str>, Option<Slot>) {
+    fn take_key(&mut self, id: &Key) -> (Key, Option<Slot>) {
         match self.map.remove_entry(id) {
             Some((k, slot)) => {
                 match slot {
@@ -269,7 +269,7 @@ impl JoinState {
                 }
                 (k, Some(slot))
             }
-            None => (Arc::from(id), None),
+            None => (id.clone(), None),
         }
     }
 
@@ -346,7 +346,7 @@ impl JoinState {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn on_event<'py>(&mut self, py: Python<'py>, id: &str, id_obj: Option<&Bound<'py, PyAny>>, ts: f64,
+    fn on_event<'py>(&mut self, py: Python<'py>, id: &Key, id_obj: Option<&Bound<'py, PyAny>>, ts: f64,
                      ts_obj: Option<&Bound<'py, PyAny>>, offset: &Bound<'py, PyAny>, rec: Rec<'_, 'py>,
                      forget_wm: f64, rows: &Bound<'py, PyList>) -> PyResult<()> {
         let horizon = self.horizon;
@@ -403,7 +403,7 @@ impl JoinState {
     }
 
     /// The event `key` (at `ts`) joined the label pending for it (at `label_ts`).
-    fn joined_early(&mut self, key: Arc<str>, ts: f64, label_ts: f64) {
+    fn joined_early(&mut self, key: Key, ts: f64, label_ts: f64) {
         self.delays.push(label_ts - ts);
         self.counts[C_JOINED] += 1;
         self.stale += 1; // the label's place in the queue
@@ -423,7 +423,7 @@ impl JoinState {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn on_label<'py>(&mut self, py: Python<'py>, id: &str, id_obj: &Bound<'py, PyAny>, ts: f64,
+    fn on_label<'py>(&mut self, py: Python<'py>, id: &Key, id_obj: &Bound<'py, PyAny>, ts: f64,
                      ts_obj: &Bound<'py, PyAny>, offset: &Bound<'py, PyAny>, rec: Rec<'_, 'py>,
                      forget_wm: f64, rows: &Bound<'py, PyList>) -> PyResult<()> {
         let horizon = self.horizon;
@@ -464,7 +464,7 @@ impl JoinState {
                 let Slot::Done { ts: d, kept, .. } = slot else { unreachable!("a done entry") };
                 let d = *d;
                 let Some(kept) = kept else {
-                    return Err(PyValueError::new_err(format!("expired negative {id:?} holds no event entry")));
+                    return Err(PyValueError::new_err(format!("expired negative {:?} holds no event entry", &**id)));
                 };
                 let row = self.row(py, kept.bind(py).as_any(), names, ts_obj, &label, intern!(py, "correction"))?;
                 rows.append(row)?;
@@ -487,7 +487,7 @@ impl JoinState {
 
     /// The map's key and slot of `d`'s id, removed and counted out, when `d` is still its
     /// pending entry (one probe of the map); None when it is stale.
-    fn take_live(&mut self, d: Due) -> Option<(Arc<str>, Slot)> {
+    fn take_live(&mut self, d: Due) -> Option<(Key, Slot)> {
         let std::collections::hash_map::Entry::Occupied(e) = self.map.entry(d.id) else { return None };
         match e.get() {
             Slot::Event { seq, .. } if *seq == d.seq => self.n_events -= 1,
@@ -498,7 +498,7 @@ impl JoinState {
     }
 
     /// Expire a pending entry taken with `take_live`.
-    fn expire_entry<'py>(&mut self, py: Python<'py>, key: Arc<str>, slot: Slot, capacity: bool,
+    fn expire_entry<'py>(&mut self, py: Python<'py>, key: Key, slot: Slot, capacity: bool,
                          rows: &Bound<'py, PyList>, dead: &Bound<'py, PyList>) -> PyResult<()> {
         self.log.push(key.clone());
         match slot {
@@ -596,8 +596,8 @@ impl JoinState {
     }
 
     /// The ids changed since the last drain, each once, in first-change order.
-    fn changed(&self) -> Vec<Arc<str>> {
-        let mut seen: HashSet<&str> = HashSet::with_capacity_and_hasher(self.log.len(), Default::default());
+    fn changed(&self) -> Vec<Key> {
+        let mut seen: HashSet<&Key> = HashSet::with_capacity_and_hasher(self.log.len(), Default::default());
         self.log.iter().filter(|i| seen.insert(i)).cloned().collect()
     }
 
@@ -646,7 +646,7 @@ impl JoinState {
     /// The live pending entries in (deadline, arrival) order, each with the sequence
     /// number a snapshot gives it: its own when created since the last drain, else its
     /// rank among the older ones.
-    fn snapshot_pending(&self) -> Vec<(&Arc<str>, u64)> {
+    fn snapshot_pending(&self) -> Vec<(&Key, u64)> {
         let mut rank = 0;
         let mut out = Vec::with_capacity(self.n_events + self.n_labels);
         for d in &self.queue {
@@ -664,7 +664,7 @@ impl JoinState {
         out
     }
 
-    fn change_rows<'a>(&'a self, changed: &'a [Arc<str>]) -> Vec<Row<'a>> {
+    fn change_rows<'a>(&'a self, changed: &'a [Key]) -> Vec<Row<'a>> {
         changed.iter().map(|id| {
             let slot = self.map.get(id);
             (&**id, slot, Self::slot_seq(slot))
@@ -816,19 +816,19 @@ impl JoinState {
                 continue;
             }
             let offset = t.get_borrowed_item(2)?;
-            let id = match (flat, &id_obj) {
+            let id = Key::from(match (flat, &id_obj) {
                 (Some(f), _) => &*f.id,
                 (None, Some(i)) => i.downcast::<PyString>()?.to_str()?,
                 (None, None) => unreachable!("an id object for every record but a flat entry"),
-            };
+            });
             let forget_wm = self.wm;
             if is_event {
-                self.on_event(py, id, id_obj.as_ref(), ts, ts_obj.as_ref(), &offset, r, forget_wm, &rows)?;
+                self.on_event(py, &id, id_obj.as_ref(), ts, ts_obj.as_ref(), &offset, r, forget_wm, &rows)?;
             } else {
                 let (Some(id_obj), Some(ts_obj)) = (&id_obj, &ts_obj) else {
                     unreachable!("a label's record is a tuple or a Label")
                 };
-                self.on_label(py, id, id_obj, ts, ts_obj, &offset, r, forget_wm, &rows)?;
+                self.on_label(py, &id, id_obj, ts, ts_obj, &offset, r, forget_wm, &rows)?;
             }
             if ts > self.max_ts {
                 self.max_ts = ts;
@@ -952,7 +952,7 @@ impl JoinState {
     fn restore_pending(&mut self, event: bool, entry: &Bound<'_, PyTuple>) -> PyResult<()> {
         let id: String = entry.get_item(0)?.extract()?;
         let ts: f64 = entry.get_item(1)?.extract()?;
-        let (key, _) = self.take_key(&id);
+        let (key, _) = self.take_key(&Key::from(id.as_str()));
         self.add_pending(key, event, ts, entry.clone().into_any().unbind());
         Ok(())
     }
@@ -963,7 +963,7 @@ impl JoinState {
         let Some(code) = STATE_NAMES.iter().position(|s| *s == state) else {
             return Err(PyValueError::new_err(format!("done state {state:?}: one of {STATE_NAMES:?}")));
         };
-        let (key, _) = self.take_key(i);
+        let (key, _) = self.take_key(&Key::from(i));
         self.remember(key, code as u8, ts, kept.map(|k| k.into_any().unbind()));
         Ok(())
     }

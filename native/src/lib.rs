@@ -30,6 +30,7 @@ mod entry;
 mod flat;
 mod joinstate;
 mod json;
+mod key;
 mod merge;
 mod recent;
 mod sgd;

@@ -5,12 +5,13 @@
 //! string array for the checkpoint.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
+
+use crate::key::Key;
 
 /// Keyed at random per process, as the joiner's map (ids are user data).
 type HashSet<K> = std::collections::HashSet<K, ahash::RandomState>;
@@ -18,8 +19,8 @@ type HashSet<K> = std::collections::HashSet<K, ahash::RandomState>;
 /// The last `window` keys added (and the keys it was made with), oldest first.
 #[pyclass(module = "ct_stream._native")]
 pub struct RecentKeys {
-    set: HashSet<Arc<str>>,
-    order: VecDeque<Arc<str>>,
+    set: HashSet<Key>,
+    order: VecDeque<Key>,
     window: usize,
 }
 
@@ -36,10 +37,10 @@ fn bytes<'a>(b: &'a PyBuffer<i8>, what: &str) -> PyResult<&'a [u8]> {
 impl RecentKeys {
     /// Add `key` unless it is held: whether it was new.
     fn add_one(&mut self, key: &str) -> bool {
-        if self.set.contains(key) {
+        let k = Key::from(key);
+        if self.set.contains(&k) {
             return false;
         }
-        let k: Arc<str> = Arc::from(key);
         self.set.insert(k.clone());
         self.order.push_back(k);
         true
@@ -67,7 +68,7 @@ impl RecentKeys {
     fn new(window: usize, keys: Option<Vec<String>>) -> Self {
         let mut r = RecentKeys { set: HashSet::default(), order: VecDeque::new(), window };
         for k in keys.unwrap_or_default() {
-            let k: Arc<str> = Arc::from(k);
+            let k: Key = Key::from(k.as_str());
             r.set.insert(k.clone());
             r.order.push_back(k);
         }
