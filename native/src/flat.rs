@@ -21,6 +21,8 @@ use pyo3::exceptions::PyIndexError;
 use pyo3::prelude::*;
 use pyo3::types::{PyFloat, PySlice, PyString, PyTuple};
 
+use crate::key::Key;
+
 /// An event's prediction, as the decoder takes it: none, a number, or a class name.
 pub enum Prediction {
     None,
@@ -30,8 +32,6 @@ pub enum Prediction {
 
 /// Up to this many features are held in the entry itself; more in an array of their own.
 const INLINE_FEATURES: usize = 12;
-/// Ids of up to this many bytes are held in the entry itself.
-const INLINE_ID: usize = 22;
 
 /// An entry's feature values: in the entry's own memory for a schema of up to
 /// `INLINE_FEATURES` features (one allocation an event, and its values on the cache
@@ -69,41 +69,12 @@ impl std::ops::Deref for Features {
     }
 }
 
-/// An entry's id: in the entry's own memory up to `INLINE_ID` bytes, else boxed. To the
-/// readers a `str`.
-pub enum Id {
-    Inline(u8, [u8; INLINE_ID]),
-    Heap(Box<str>),
-}
-
-impl From<&str> for Id {
-    fn from(s: &str) -> Id {
-        if s.len() > INLINE_ID {
-            return Id::Heap(s.into());
-        }
-        let mut bytes = [0u8; INLINE_ID];
-        bytes[..s.len()].copy_from_slice(s.as_bytes());
-        Id::Inline(s.len() as u8, bytes)
-    }
-}
-
-impl std::ops::Deref for Id {
-    type Target = str;
-
-    fn deref(&self) -> &str {
-        match self {
-            // SAFETY: the bytes were copied whole from a str (`From<&str>`)
-            Id::Inline(n, bytes) => unsafe { std::str::from_utf8_unchecked(&bytes[..*n as usize]) },
-            Id::Heap(s) => s,
-        }
-    }
-}
-
 /// A pending event's entry with float features (see the module doc). Every value is
 /// held in Rust: making one and freeing it touches no other Python object.
 #[pyclass(module = "ct_stream._native", frozen, sequence)]
 pub struct EventEntry {
-    pub id: Id,
+    /// In the entry's own memory up to 22 bytes (`Key`), and the join state's key as it is.
+    pub id: Key,
     pub ts: f64,
     pub offset: i64,
     pub served_version: Option<i64>,

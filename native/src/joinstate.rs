@@ -816,11 +816,11 @@ impl JoinState {
                 continue;
             }
             let offset = t.get_borrowed_item(2)?;
-            let id = Key::from(match (flat, &id_obj) {
-                (Some(f), _) => &*f.id,
-                (None, Some(i)) => i.downcast::<PyString>()?.to_str()?,
+            let id = match (flat, &id_obj) {
+                (Some(f), _) => f.id.clone(),
+                (None, Some(i)) => Key::from(i.downcast::<PyString>()?.to_str()?),
                 (None, None) => unreachable!("an id object for every record but a flat entry"),
-            });
+            };
             let forget_wm = self.wm;
             if is_event {
                 self.on_event(py, &id, id_obj.as_ref(), ts, ts_obj.as_ref(), &offset, r, forget_wm, &rows)?;

@@ -36,6 +36,7 @@ mod recent;
 mod sgd;
 
 use json::{Scanner, Val};
+use key::Key;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyFloat, PyList, PyString, PyTuple};
 use std::borrow::Cow;
@@ -310,8 +311,8 @@ impl Decoder {
             _ => Err(pyo3::exceptions::PyValueError::new_err("a flat entry takes float features only")),
         }))?;
         let id = match &r.id {
-            Id::S(s) => flat::Id::from(&**s),
-            Id::I(i) => flat::Id::from(&*i.to_string()),
+            Id::S(s) => Key::from(&**s),
+            Id::I(i) => Key::from(&*i.to_string()),
         };
         let prediction = match &r.prediction {
             Pred::None => flat::Prediction::None,
