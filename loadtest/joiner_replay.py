@@ -2,14 +2,14 @@
 
     python loadtest/joiner_replay.py [--events 50000] [--batch 5000]
     valgrind --tool=callgrind --callgrind-out-file=cg.out python loadtest/joiner_replay.py
-    callgrind_annotate --inclusive=yes cg.out | grep -E '__pymethod_items_into__|JoinState::process|example_columns'
+    callgrind_annotate --inclusive=yes cg.out | grep -E '__pymethod_items_into__|__pymethod_process_merged__|example_columns'
 
 No broker. The full loop's input (``loadtest/trainer_throughput.py``: 10 float features,
 70% labelled up to 5 s later, 5,000 events a second of event time, seed 3) for one
 partition, replayed through what the worker runs on its native path, ``--batch`` records
-at a time: ``Decoder.items_into`` (the messages' JSON into a ``Merger``), the merger's
-``take_payloads``, ``NativePartitionJoiner.process``, the examples' Arrow messages and
-the change log (``drain_encoded`` and the changelog writer). The messages are stand-ins
+at a time: ``Decoder.items_into`` (the messages' JSON into a ``Merger``),
+``NativePartitionJoiner.process_merged`` (the merger's records released and joined), the
+examples' Arrow messages and the change log (``drain_encoded`` and the changelog writer). The messages are stand-ins
 with the ``value()`` and ``offset()`` that the decoder reads. The input ends as the full
 loop's does, with an end-of-input event and label a day of event time later, whose
 watermark expires every event still pending (as negatives) and forgets the done memory.
@@ -86,9 +86,7 @@ def main() -> int:
                 raise SystemExit(f"{len(missing)} records were left to the Python decoder: not the common form")
             n_records += len(msgs)
         t1 = time.perf_counter()
-        inputs = merger.take_payloads()
-        t2 = time.perf_counter()
-        out = joiner.process(inputs, names)
+        out, _, _ = joiner.process_merged(merger, names)
         t3 = time.perf_counter()
         for _ in example_messages(out.rows, schema):
             pass
@@ -97,7 +95,7 @@ def main() -> int:
                        lambda: joiner.snapshot_encoded(writer.max_bytes))
         t5 = time.perf_counter()
         n_rows += len(out.rows)
-        took.update(decode=t1 - t0, take=t2 - t1, join=t3 - t2, arrow=t4 - t3, changelog=t5 - t4)
+        took.update(decode=t1 - t0, join=t3 - t1, arrow=t4 - t3, changelog=t5 - t4)
     total = sum(took.values())
     print(f"{n_records:,} records ({n_rows:,} examples) in {total:.3f} s = {n_records / total:,.0f} records/s")
     for stage, seconds in took.items():

@@ -990,3 +990,55 @@ def test_entry_records_from_the_decoder_join_as_the_decoded_records(form: str, p
         [(d.kind, d.offset, d.reason, d.detail, d.record) for d in outs[0].dead_letters]
     assert dict(nat.counts) == dict(ref.counts)
     assert (nat.watermark, nat.pending, nat.remembered) == (ref.watermark, ref.pending, ref.remembered)
+
+
+@native_only
+@PROPERTY
+@given(data=st.data(), floats=st.booleans(), policy=st.sampled_from(["negative", "dlq"]))
+def test_the_native_joiner_takes_the_merger_records_as_take_payloads_gives_them(floats: bool, policy: str,
+                                                                                data: st.DataObject) -> None:
+    """``NativePartitionJoiner.process_merged`` (the worker's native path) reads the native
+    merger's queues itself: the parts ``Decoder.items_into`` queued (no payload tuple per
+    record) and records queued as Python objects (``add``, as the worker ``put``s what
+    Python decoded). Step after step it gives what ``take_payloads`` then ``process``
+    give: the same rows, dead letters (a late record's with the same message), number of
+    inputs and last offset of each kind, and the same state."""
+    from ct_stream.records import RecordSchema, encode_event, encode_label
+
+    inputs = data.draw(contract_inputs(floats=floats), label="inputs")
+    schema = RecordSchema(features=CONTRACT_SCHEMAS["floats" if floats else "mixed"], label_type="binary")
+    decoder, names = schema._native_decoder, tuple(schema.features)
+    native = joiner_module._native
+    mergers = [native.Merger(G, 0.0, FakeClock()) for _ in range(2)]  # type: ignore[union-attr]
+    joiners = [joiner_module.NativePartitionJoiner(0, spec(policy), clock=FakeClock()) for _ in range(2)]
+    cuts = data.draw(st.lists(st.integers(0, 10_000), min_size=1, max_size=6), label="cuts")
+    bounds = [0] + sorted(c % (len(inputs) + 1) for c in cuts) + [len(inputs)]
+    outs = [JoinOutput(), JoinOutput()]
+    for a, b in zip(bounds, bounds[1:]):
+        for kind in ("event", "label"):
+            batch = [x for x in inputs[a:b] if x.kind == kind]
+            encode = encode_event if kind == "event" else encode_label
+            msgs = [FakeMessage(encode(x.record, schema), x.offset) for x in batch]  # type: ignore[arg-type]
+            if data.draw(st.booleans(), label=f"{kind}s as decoded records"):
+                for m in mergers:
+                    m.add(kind, [(x.record.ts, (kind, x.record, x.offset, msg)) for x, msg in zip(batch, msgs)])
+            else:
+                for m in mergers:
+                    assert decoder.items_into(m, kind, msgs, kind == "event")[1] == []
+        for m in mergers:
+            m.mark_end("event")
+            m.mark_end("label")
+        taken = mergers[0].take_payloads()
+        outs[0].extend(joiners[0].process(taken, names))
+        out, n, offsets = joiners[1].process_merged(mergers[1], names)
+        outs[1].extend(out)
+        assert n == len(taken)
+        assert offsets == tuple(next((x[2] for x in reversed(taken) if x[0] == kind), None)
+                                for kind in ("event", "label"))
+        assert mergers[1].buffered("event") == mergers[0].buffered("event") == 0
+        assert joiners[1].drain_changes() == joiners[0].drain_changes()
+    for j, out in zip(joiners, outs):
+        out.extend(j.tick(now=1e6))
+    assert_same_outputs(outs[1], outs[0])
+    assert dict(joiners[1].counts) == dict(joiners[0].counts)
+    assert joiners[1].snapshot() == joiners[0].snapshot()

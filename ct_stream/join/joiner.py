@@ -1207,6 +1207,21 @@ class NativePartitionJoiner:
         self._last_arrival = self._clock()
         return self._output(*self._state.process(inputs, entry_names))
 
+    def process_merged(self, merger: Any, entry_names: tuple[str, ...] | None = None
+                       ) -> tuple[JoinOutput, int, tuple[int | None, int | None]]:
+        """:meth:`process` of what the native ``merger`` (``ct_stream._native.Merger``)
+        releases now, taken from its queues in Rust: the parts ``Decoder.items_into``
+        queued are read as they are, with no ``(kind, record, offset, message)`` tuple per
+        record (made only for the dead letter of a late record). Returns the output, how
+        many inputs were taken, and the offsets of the last event and the last label
+        among them (``None`` for a kind with none).
+        """
+        rows, dead, n, (event_offset, label_offset) = self._state.process_merged(merger, entry_names)
+        if not n:
+            return JoinOutput(), 0, (None, None)
+        self._last_arrival = self._clock()
+        return self._output(rows, dead), n, (event_offset, label_offset)
+
     def tick(self, now: float | None = None) -> JoinOutput:
         """Advance the watermark by idle time and expire (:meth:`PartitionJoiner.tick`)."""
         state = self._state

@@ -333,6 +333,18 @@ class JoinerWorker:
 
     def _release(self, p: int) -> None:
         """Feed the partition's records that are ready, in event-time order, to its joiner."""
+        joiner = self.group.partitions[p]
+        if self._items_into is not None and not self._rejects_held.get(p) and isinstance(joiner, NativePartitionJoiner):
+            # no reject waits in the merger: the native joiner takes its records itself
+            out, n, (event_offset, label_offset) = joiner.process_merged(self._mergers[p], self._entry_names)
+            if n:
+                t = self.t
+                if event_offset is not None:
+                    self._offsets[(t.events_topic, p)] = event_offset + 1
+                if label_offset is not None:
+                    self._offsets[(t.labels_topic, p)] = label_offset + 1
+                self._joined(p, out)
+            return
         inputs = self._mergers[p].take_payloads()  # joiner inputs (kind, record, offset, message)
         if not inputs:
             return
@@ -353,14 +365,17 @@ class JoinerWorker:
                 if not missing:
                     break
         if good:
-            joiner = self.group.partitions[p]
             if self._items_into is not None:
                 out = joiner.process(good, self._entry_names)  # type: ignore[arg-type, call-arg]
             else:
                 out = joiner.process(good)  # type: ignore[arg-type]
-            self._buffers[p].extend(out.rows)  # all from partition p
-            self._handle(out, examples=False)
-            self._handle(self.group.enforce_capacity())
+            self._joined(p, out)
+
+    def _joined(self, p: int, out: JoinOutput) -> None:
+        """Buffer what partition ``p``'s joiner gave, then enforce ``max_pending``."""
+        self._buffers[p].extend(out.rows)  # all from partition p
+        self._handle(out, examples=False)
+        self._handle(self.group.enforce_capacity())
 
     def _handle(self, out: JoinOutput, examples: bool = True) -> None:
         if examples:

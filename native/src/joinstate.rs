@@ -33,6 +33,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyFloat, PyList, PyString, PyTuple};
 
 use crate::flat::EventEntry;
+use crate::merge::{Merger, Payload, NAMES};
 
 use crate::changes::{write_event, write_key, write_pending, write_str};
 use crate::entry::event_entry;
@@ -402,6 +403,87 @@ impl JoinState {
         Ok(())
     }
 
+    /// One input of `process`, a `(kind, record, offset, source)` tuple: its offset.
+    fn tuple_input<'py>(&mut self, py: Python<'py>, item: &Bound<'py, PyAny>, direct: &mut Option<bool>,
+                        rows: &Bound<'py, PyList>, dead: &Bound<'py, PyList>) -> PyResult<Bound<'py, PyAny>> {
+        let t = item.downcast::<PyTuple>()?;
+        let kind = t.get_borrowed_item(0)?;
+        let (s_event, s_label) = (intern!(py, "event"), intern!(py, "label"));
+        let is_event = if kind.is(s_event) {
+            true
+        } else if kind.is(s_label) {
+            false
+        } else if kind.eq(s_event)? {
+            true
+        } else if kind.eq(s_label)? {
+            false
+        } else {
+            return Err(PyErr::from_value(self.error.bind(py).call1((format!(
+                "Input.kind must be 'event' or 'label', got {}", kind.repr()?), ))?));
+        };
+        let offset = t.get_item(2)?;
+        self.input(py, is_event, t.get_item(1)?, &offset, || Ok(item.clone()), direct, rows, dead)?;
+        Ok(offset)
+    }
+
+    /// One input: its kind, record and offset; `whole` gives the input itself, for the
+    /// dead letter of a late record.
+    #[allow(clippy::too_many_arguments)]
+    fn input<'py>(&mut self, py: Python<'py>, is_event: bool, mut rec: Bound<'py, PyAny>, offset: &Bound<'py, PyAny>,
+                  whole: impl FnOnce() -> PyResult<Bound<'py, PyAny>>, direct: &mut Option<bool>,
+                  rows: &Bound<'py, PyList>, dead: &Bound<'py, PyList>) -> PyResult<()> {
+        self.counts[if is_event { C_EVENTS } else { C_LABELS }] += 1;
+        if let Ok(f) = rec.downcast_exact::<EventEntry>() {
+            if !is_event {
+                return Err(PyValueError::new_err("a label record cannot be an EventEntry"));
+            }
+            if !self.entry_direct(py, direct)? {
+                // the joiner's names are in another order: the tuple path reorders
+                let entry = f.get().tuple(py)?.into_any();
+                rec = entry;
+            }
+        }
+        let flat = rec.downcast_exact::<EventEntry>().ok().map(|f| f.get());
+        let (id_obj, ts_obj, ts, r) = if let Some(f) = flat {
+            (None, None, f.ts, Rec::Entry(&rec, true))
+        } else if rec.is_exact_instance_of::<PyTuple>() {
+            let ts_obj = rec.get_item(1)?;
+            let ts: f64 = ts_obj.extract()?;
+            (Some(rec.get_item(0)?), Some(ts_obj), ts, Rec::Entry(&rec, self.entry_direct(py, direct)?))
+        } else {
+            let ts_obj = rec.getattr(intern!(py, "ts"))?;
+            let ts: f64 = ts_obj.extract()?;
+            (Some(rec.getattr(intern!(py, "id"))?), Some(ts_obj), ts, Rec::Obj(&rec))
+        };
+        if ts < self.wm {
+            self.counts[C_LATE] += 1;
+            dead.append((0u8, whole()?, self.wm, self.max_ts))?;
+            return Ok(());
+        }
+        let id = match (flat, &id_obj) {
+            (Some(f), _) => f.id.clone(),
+            (None, Some(i)) => Key::from(i.downcast::<PyString>()?.to_str()?),
+            (None, None) => unreachable!("an id object for every record but a flat entry"),
+        };
+        let forget_wm = self.wm;
+        if is_event {
+            self.on_event(py, &id, id_obj.as_ref(), ts, ts_obj.as_ref(), offset, r, forget_wm, rows)?;
+        } else {
+            let (Some(id_obj), Some(ts_obj)) = (&id_obj, &ts_obj) else {
+                unreachable!("a label's record is a tuple or a Label")
+            };
+            self.on_label(py, &id, id_obj, ts, ts_obj, offset, r, forget_wm, rows)?;
+        }
+        if ts > self.max_ts {
+            self.max_ts = ts;
+            if ts - self.grace > self.wm {
+                self.wm = ts - self.grace;
+                self.expire(py, rows, dead)?;
+            }
+        }
+        Ok(())
+    }
+
     /// The event `key` (at `ts`) joined the label pending for it (at `label_ts`).
     fn joined_early(&mut self, key: Key, ts: f64, label_ts: f64) {
         self.delays.push(label_ts - ts);
@@ -589,6 +671,13 @@ impl JoinState {
         None
     }
 
+    /// Drop the queue's stale places once they outnumber the pending entries (and 1024).
+    fn maybe_compact(&mut self) {
+        if self.stale > 1024 && self.stale > self.n_events + self.n_labels {
+            self.compact();
+        }
+    }
+
     fn compact(&mut self) {
         let map = &self.map;
         self.queue.retain(|d| live(map, d));
@@ -767,82 +856,50 @@ impl JoinState {
                     -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>)> {
         let rows = PyList::empty(py);
         let dead = PyList::empty(py);
-        let (s_event, s_label) = (intern!(py, "event"), intern!(py, "label"));
         self.entry_names = entry_names.map(Bound::unbind);
         let mut direct: Option<bool> = None; // entry records are in the joiner's own name order
         for item in inputs.try_iter()? {
-            let item = item?;
-            let t = item.downcast::<PyTuple>()?;
-            let kind = t.get_borrowed_item(0)?;
-            let is_event = if kind.is(s_event) {
-                true
-            } else if kind.is(s_label) {
-                false
-            } else if kind.eq(s_event)? {
-                true
-            } else if kind.eq(s_label)? {
-                false
-            } else {
-                return Err(PyErr::from_value(self.error.bind(py).call1((format!(
-                    "Input.kind must be 'event' or 'label', got {}", kind.repr()?), ))?));
-            };
-            self.counts[if is_event { C_EVENTS } else { C_LABELS }] += 1;
-            let mut rec = t.get_item(1)?;
-            if let Ok(f) = rec.downcast_exact::<EventEntry>() {
-                if !is_event {
-                    return Err(PyValueError::new_err("a label record cannot be an EventEntry"));
+            self.tuple_input(py, &item?, &mut direct, &rows, &dead)?;
+        }
+        self.entry_names = None;
+        self.maybe_compact();
+        Ok((rows, dead))
+    }
+
+    /// `process` of what `merger` releases now (what its `take_payloads` would give), the
+    /// parts `Decoder.items_into` queued read as they are: no payload tuple and no list of
+    /// them per call. `(rows, dead, n, offsets)`: `n` inputs taken, `offsets` the last
+    /// event's and the last label's offsets among them (None for a kind not taken).
+    #[pyo3(signature = (merger, entry_names=None))]
+    #[allow(clippy::type_complexity)]
+    fn process_merged<'py>(&mut self, py: Python<'py>, merger: &Bound<'py, Merger>,
+                           entry_names: Option<Bound<'py, PyTuple>>)
+                           -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>, usize, [Option<Bound<'py, PyAny>>; 2])> {
+        let items = merger.borrow_mut().take_items(py)?;
+        let (rows, dead) = (PyList::empty(py), PyList::empty(py));
+        let n = items.len();
+        let mut last: [Option<Bound<'py, PyAny>>; 2] = [None, None];
+        self.entry_names = entry_names.map(Bound::unbind);
+        let mut direct: Option<bool> = None;
+        for (kind, payload) in items {
+            match payload {
+                Payload::Parts { record, offset, message } => {
+                    let (record, offset) = (record.into_bound(py), offset.into_bound(py));
+                    let whole = || -> PyResult<Bound<'py, PyAny>> {
+                        Ok(PyTuple::new(py, [PyString::new(py, NAMES[kind]).into_any(), record.clone(), offset.clone(),
+                                             message.into_bound(py)])?.into_any())
+                    };
+                    self.input(py, kind == 0, record.clone(), &offset, whole, &mut direct, &rows, &dead)?;
+                    last[kind] = Some(offset);
                 }
-                if !self.entry_direct(py, &mut direct)? {
-                    // the joiner's names are in another order: the tuple path reorders
-                    let entry = f.get().tuple(py)?.into_any();
-                    rec = entry;
-                }
-            }
-            let flat = rec.downcast_exact::<EventEntry>().ok().map(|f| f.get());
-            let (id_obj, ts_obj, ts, r) = if let Some(f) = flat {
-                (None, None, f.ts, Rec::Entry(&rec, true))
-            } else if rec.is_exact_instance_of::<PyTuple>() {
-                let ts_obj = rec.get_item(1)?;
-                let ts: f64 = ts_obj.extract()?;
-                (Some(rec.get_item(0)?), Some(ts_obj), ts, Rec::Entry(&rec, self.entry_direct(py, &mut direct)?))
-            } else {
-                let ts_obj = rec.getattr(intern!(py, "ts"))?;
-                let ts: f64 = ts_obj.extract()?;
-                (Some(rec.getattr(intern!(py, "id"))?), Some(ts_obj), ts, Rec::Obj(&rec))
-            };
-            if ts < self.wm {
-                self.counts[C_LATE] += 1;
-                dead.append((0u8, &item, self.wm, self.max_ts))?;
-                continue;
-            }
-            let offset = t.get_borrowed_item(2)?;
-            let id = match (flat, &id_obj) {
-                (Some(f), _) => f.id.clone(),
-                (None, Some(i)) => Key::from(i.downcast::<PyString>()?.to_str()?),
-                (None, None) => unreachable!("an id object for every record but a flat entry"),
-            };
-            let forget_wm = self.wm;
-            if is_event {
-                self.on_event(py, &id, id_obj.as_ref(), ts, ts_obj.as_ref(), &offset, r, forget_wm, &rows)?;
-            } else {
-                let (Some(id_obj), Some(ts_obj)) = (&id_obj, &ts_obj) else {
-                    unreachable!("a label's record is a tuple or a Label")
-                };
-                self.on_label(py, &id, id_obj, ts, ts_obj, &offset, r, forget_wm, &rows)?;
-            }
-            if ts > self.max_ts {
-                self.max_ts = ts;
-                if ts - self.grace > self.wm {
-                    self.wm = ts - self.grace;
-                    self.expire(py, &rows, &dead)?;
+                Payload::Object(item) => {
+                    last[kind] = Some(self.tuple_input(py, item.bind(py), &mut direct, &rows, &dead)?);
                 }
             }
         }
         self.entry_names = None;
-        if self.stale > 1024 && self.stale > self.n_events + self.n_labels {
-            self.compact();
-        }
-        Ok((rows, dead))
+        self.maybe_compact();
+        Ok((rows, dead, n, last))
     }
 
     /// Move the watermark to `wm` by idle time (the caller checked it is higher) and expire.

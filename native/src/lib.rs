@@ -486,13 +486,19 @@ impl Decoder {
     }
 
     /// What `items` gives, queued straight into `merger` (a `merge::Merger`) for `kind`
-    /// (no item tuple or ts float per record): `(base, missing)`, where the record of a
-    /// message not in the common form is a placeholder at queue index `base + i` for each
-    /// `i` in `missing`, for the caller to decode and `put` before anything is taken.
+    /// (no item tuple or ts float per record, and the payload tuple made only if Python
+    /// takes it: `merge::Payload`): `(base, missing)`, where the record of a message not
+    /// in the common form is a placeholder at queue index `base + i` for each `i` in
+    /// `missing`, for the caller to decode and `put` before anything is taken. `kind` is
+    /// "event" when `event` is true, else "label".
     #[pyo3(signature = (merger, kind, messages, event))]
-    fn items_into<'py>(&self, py: Python<'py>, merger: &Bound<'py, merge::Merger>, kind: &Bound<'py, PyAny>,
+    fn items_into<'py>(&self, py: Python<'py>, merger: &Bound<'py, merge::Merger>, kind: &str,
                        messages: &Bound<'py, PyList>, event: bool) -> PyResult<(usize, Vec<usize>)> {
         let k = if event { 0 } else { 1 };
+        if kind != merge::NAMES[k] {
+            return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                "items_into: kind {kind:?} with event={event}: the kind is {:?}", merge::NAMES[k])));
+        }
         let mut m = merger.borrow_mut();
         let queue = m.queue(k);
         let base = queue.len();
@@ -502,11 +508,11 @@ impl Decoder {
             queue.push_back(match rec {
                 Some((ts, rec)) => merge::Item {
                     ts: Some(ts),
-                    payload: PyTuple::new(py, [kind, &rec, &offset, &msg])?.into_any().unbind(),
+                    payload: merge::Payload::Parts { record: rec.unbind(), offset: offset.unbind(), message: msg.unbind() },
                 },
                 None => {
                     missing.push(i);
-                    merge::Item { ts: None, payload: py.None() }
+                    merge::Item { ts: None, payload: merge::Payload::Object(py.None()) }
                 }
             });
         }

@@ -13,12 +13,34 @@ use pyo3::types::{PyList, PyTuple};
 
 const EVENT: usize = 0;
 const LABEL: usize = 1;
-const NAMES: [&str; 2] = ["event", "label"];
+pub const NAMES: [&str; 2] = ["event", "label"];
 
 /// A queued record: its timestamp (None: a record that failed to decode) and payload.
 pub struct Item {
     pub ts: Option<f64>,
-    pub payload: PyObject,
+    pub payload: Payload,
+}
+
+/// What the merger gives for a record: a Python object as it was queued (`add`, `put`),
+/// or the parts of the joiner input `(kind, record, offset, message)` that
+/// `Decoder.items_into` queued, made into that tuple only when Python takes it
+/// (`take`, `take_payloads`); `JoinState.process_merged` reads the parts as they are.
+pub enum Payload {
+    Object(PyObject),
+    Parts { record: PyObject, offset: PyObject, message: PyObject },
+}
+
+impl Payload {
+    /// The payload as Python takes it.
+    pub fn object(self, py: Python<'_>, kind: usize) -> PyResult<PyObject> {
+        Ok(match self {
+            Payload::Object(o) => o,
+            Payload::Parts { record, offset, message } => {
+                let kind = NAMES[kind].into_pyobject(py)?.into_any().unbind();
+                PyTuple::new(py, [kind, record, offset, message])?.into_any().unbind()
+            }
+        })
+    }
 }
 
 /// Releases one partition's events and labels in timestamp order (see
@@ -45,7 +67,8 @@ impl Merger {
         &mut self.queues[kind]
     }
 
-    fn emit(py: Python<'_>, out: &Bound<'_, PyList>, bare: bool, kind: usize, payload: PyObject) -> PyResult<()> {
+    fn emit(py: Python<'_>, out: &Bound<'_, PyList>, bare: bool, kind: usize, payload: Payload) -> PyResult<()> {
+        let payload = payload.object(py, kind)?;
         if bare {
             out.append(payload)
         } else {
@@ -53,13 +76,28 @@ impl Merger {
         }
     }
 
+    /// What `take_payloads` gives, as (kind, payload) pairs for Rust.
+    pub fn take_items(&mut self, py: Python<'_>) -> PyResult<Vec<(usize, Payload)>> {
+        let mut out = Vec::new();
+        self.take_into(py, |kind, payload| {
+            out.push((kind, payload));
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
     fn pop(&mut self, kind: usize) -> Item {
         self.queues[kind].pop_front().expect("a queued record")
     }
 
-    /// `PartitionMerger._take`, step for step.
     fn take_impl<'py>(&mut self, py: Python<'py>, bare: bool) -> PyResult<Bound<'py, PyList>> {
         let out = PyList::empty(py);
+        self.take_into(py, |kind, payload| Self::emit(py, &out, bare, kind, payload))?;
+        Ok(out)
+    }
+
+    /// `PartitionMerger._take`, step for step: each record released goes to `emit`.
+    fn take_into(&mut self, py: Python<'_>, mut emit: impl FnMut(usize, Payload) -> PyResult<()>) -> PyResult<()> {
         if !self.queues[EVENT].is_empty() && !self.queues[LABEL].is_empty() {
             // the common case: both queues hold records
             let mut last: [Option<f64>; 2] = [None, None];
@@ -75,7 +113,7 @@ impl Merger {
                 if it.ts.is_some() {
                     last[kind] = it.ts;
                 }
-                Self::emit(py, &out, bare, kind, it.payload)?;
+                emit(kind, it.payload)?;
                 if self.queues[kind].is_empty() {
                     break;
                 }
@@ -91,19 +129,19 @@ impl Merger {
             let (eh, lh) = (head(&self.queues[EVENT]), head(&self.queues[LABEL]));
             if eh == Some(None) {
                 let it = self.pop(EVENT);
-                Self::emit(py, &out, bare, EVENT, it.payload)?;
+                emit(EVENT, it.payload)?;
                 continue;
             }
             if lh == Some(None) {
                 let it = self.pop(LABEL);
-                Self::emit(py, &out, bare, LABEL, it.payload)?;
+                emit(LABEL, it.payload)?;
                 continue;
             }
             if let (Some(Some(e)), Some(Some(l))) = (eh, lh) {
                 let kind = if e <= l { EVENT } else { LABEL };
                 self.last_ts[kind] = if kind == EVENT { e } else { l };
                 let it = self.pop(kind);
-                Self::emit(py, &out, bare, kind, it.payload)?;
+                emit(kind, it.payload)?;
                 continue;
             }
             let kind = if eh.is_some() && self.at_end[LABEL] {
@@ -112,27 +150,27 @@ impl Merger {
                 LABEL
             } else {
                 self.held_since = None;
-                return Ok(out);
+                return Ok(());
             };
             let other = 1 - kind;
             let ts = self.queues[kind][0].ts.expect("a head with a ts (None heads went above)");
             if ts <= self.last_ts[other] + self.grace {
                 self.last_ts[kind] = ts;
                 let it = self.pop(kind);
-                Self::emit(py, &out, bare, kind, it.payload)?;
+                emit(kind, it.payload)?;
                 continue;
             }
             let now: f64 = self.clock.bind(py).call0()?.extract()?;
             let since = *self.held_since.get_or_insert(now);
             if now - since < self.max_wait {
-                return Ok(out);
+                return Ok(());
             }
             self.held_since = None;
             while let Some(it) = self.queues[kind].pop_front() {
                 if let Some(t) = it.ts {
                     self.last_ts[kind] = t;
                 }
-                Self::emit(py, &out, bare, kind, it.payload)?;
+                emit(kind, it.payload)?;
             }
         }
     }
@@ -158,7 +196,7 @@ impl Merger {
         let mut got = Vec::new();
         for item in items.try_iter()? {
             let (ts, payload): (Option<f64>, PyObject) = item?.extract()?;
-            got.push(Item { ts, payload });
+            got.push(Item { ts, payload: Payload::Object(payload) });
         }
         self.queue(k).extend(got);
         Ok(())
@@ -203,7 +241,7 @@ impl Merger {
     fn put(&mut self, kind: &str, index: usize, ts: Option<f64>, payload: PyObject) -> PyResult<()> {
         let k = kind_index(kind)?;
         let slot = self.queues[k].get_mut(index).ok_or_else(|| PyKeyError::new_err(index))?;
-        *slot = Item { ts, payload };
+        *slot = Item { ts, payload: Payload::Object(payload) };
         Ok(())
     }
 }
