@@ -392,6 +392,14 @@ def test_a_pickled_schema_keeps_a_working_decoder() -> None:
     assert schema._native_decoder.labels([value])[0][0] == Label("k", 2.0, 3.0)
 
 
+def test_items_into_refuses_a_kind_that_is_not_its_queue() -> None:
+    merger = records._native.Merger()  # type: ignore[union-attr]
+    decoder = RecordSchema(features={"x": "float"}, label_type="binary")._native_decoder
+    with pytest.raises(ValueError, match='kind "label" with event=True; allowed: "event"'):
+        decoder.items_into(merger, "label", [], True)
+    assert decoder.items_into(merger, "event", [], True) == (0, [])
+
+
 def test_bad_decoder_arguments_say_what_is_allowed() -> None:
     with pytest.raises(ValueError, match="label_type 'ordinal'; allowed: 'binary', 'multiclass' or 'regression'"):
         records._native.Decoder(["x"], [0], "ordinal", "id", "ts", 10, 10, 1.0, 1, Event, Label)

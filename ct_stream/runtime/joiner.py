@@ -334,15 +334,11 @@ class JoinerWorker:
     def _release(self, p: int) -> None:
         """Feed the partition's records that are ready, in event-time order, to its joiner."""
         joiner = self.group.partitions[p]
-        if self._items_into is not None and not self._rejects_held.get(p) and isinstance(joiner, NativePartitionJoiner):
+        if self._items_into is not None and not self._rejects_held.get(p):
             # no reject waits in the merger: the native joiner takes its records itself
-            out, n, (event_offset, label_offset) = joiner.process_merged(self._mergers[p], self._entry_names)
+            out, n, last = joiner.process_merged(self._mergers[p], self._entry_names)  # type: ignore[union-attr]
             if n:
-                t = self.t
-                if event_offset is not None:
-                    self._offsets[(t.events_topic, p)] = event_offset + 1
-                if label_offset is not None:
-                    self._offsets[(t.labels_topic, p)] = label_offset + 1
+                self._advance(p, *last)
                 self._joined(p, out)
             return
         inputs = self._mergers[p].take_payloads()  # joiner inputs (kind, record, offset, message)
@@ -356,20 +352,21 @@ class JoinerWorker:
                 for _, reject, _, m in inputs:
                     if reject.__class__ is Reject:
                         self._dead_letter(m, reject.reason.value, reject.detail)
-        t = self.t
-        missing = {"event", "label"}
-        for kind, _, offset, _ in reversed(inputs):  # each topic's records come in offset order
-            if kind in missing:
-                missing.discard(kind)
-                self._offsets[(t.events_topic if kind == "event" else t.labels_topic, p)] = offset + 1
-                if not missing:
-                    break
+        # each topic's records come in offset order: the last of each kind is where it stands
+        self._advance(p, *(next((x[2] for x in reversed(inputs) if x[0] == kind), None) for kind in ("event", "label")))
         if good:
             if self._items_into is not None:
                 out = joiner.process(good, self._entry_names)  # type: ignore[arg-type, call-arg]
             else:
                 out = joiner.process(good)  # type: ignore[arg-type]
             self._joined(p, out)
+
+    def _advance(self, p: int, event_offset: int | None, label_offset: int | None) -> None:
+        """The input offsets fed to partition ``p``'s joiner: the last event's and label's (None: none fed)."""
+        if event_offset is not None:
+            self._offsets[(self.t.events_topic, p)] = event_offset + 1
+        if label_offset is not None:
+            self._offsets[(self.t.labels_topic, p)] = label_offset + 1
 
     def _joined(self, p: int, out: JoinOutput) -> None:
         """Buffer what partition ``p``'s joiner gave, then enforce ``max_pending``."""

@@ -33,7 +33,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyFloat, PyList, PyString, PyTuple};
 
 use crate::flat::EventEntry;
-use crate::merge::{Merger, Payload, NAMES};
+use crate::merge::{input_tuple, Merger, Payload};
 
 use crate::changes::{write_event, write_key, write_pending, write_str};
 use crate::entry::event_entry;
@@ -885,10 +885,7 @@ impl JoinState {
             match payload {
                 Payload::Parts { record, offset, message } => {
                     let (record, offset) = (record.into_bound(py), offset.into_bound(py));
-                    let whole = || -> PyResult<Bound<'py, PyAny>> {
-                        Ok(PyTuple::new(py, [PyString::new(py, NAMES[kind]).into_any(), record.clone(), offset.clone(),
-                                             message.into_bound(py)])?.into_any())
-                    };
+                    let whole = || Ok(input_tuple(py, kind, &record, &offset, message.into_bound(py))?.into_any());
                     self.input(py, kind == 0, record.clone(), &offset, whole, &mut direct, &rows, &dead)?;
                     last[kind] = Some(offset);
                 }

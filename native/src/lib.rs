@@ -497,7 +497,7 @@ impl Decoder {
         let k = if event { 0 } else { 1 };
         if kind != merge::NAMES[k] {
             return Err(pyo3::exceptions::PyValueError::new_err(format!(
-                "items_into: kind {kind:?} with event={event}: the kind is {:?}", merge::NAMES[k])));
+                "items_into: kind {kind:?} with event={}; allowed: {:?}", if event { "True" } else { "False" }, merge::NAMES[k])));
         }
         let mut m = merger.borrow_mut();
         let queue = m.queue(k);

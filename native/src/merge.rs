@@ -36,11 +36,17 @@ impl Payload {
         Ok(match self {
             Payload::Object(o) => o,
             Payload::Parts { record, offset, message } => {
-                let kind = NAMES[kind].into_pyobject(py)?.into_any().unbind();
-                PyTuple::new(py, [kind, record, offset, message])?.into_any().unbind()
+                input_tuple(py, kind, record.bind(py), offset.bind(py), message.into_bound(py))?.into_any().unbind()
             }
         })
     }
+}
+
+/// The joiner input `(kind, record, offset, message)` of a record of `kind` (an index of `NAMES`).
+pub fn input_tuple<'py>(py: Python<'py>, kind: usize, record: &Bound<'py, PyAny>, offset: &Bound<'py, PyAny>,
+                        message: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyTuple>> {
+    let name = if kind == EVENT { pyo3::intern!(py, "event") } else { pyo3::intern!(py, "label") };
+    PyTuple::new(py, [name.as_any(), record, offset, &message])
 }
 
 /// Releases one partition's events and labels in timestamp order (see
